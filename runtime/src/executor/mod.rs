@@ -1,0 +1,951 @@
+//! The job master: deploys attempts, coordinates checkpoints and savepoints,
+//! handles failures with the restart strategy, and serves client requests.
+//! One thread owns all of this, so every decision is made in one place.
+
+mod deploy;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use serde::Serialize;
+
+use crate::checkpoint::format::{
+    FORMAT_NAME, FORMAT_VERSION, KeyedStateMeta, METADATA_FILE, OperatorMeta, SnapshotMetadata,
+    SubtaskMeta,
+};
+use crate::checkpoint::trigger::{TriggerDecision, decide};
+use crate::checkpoint::{self, LoadedSnapshot};
+use crate::clock::system_now_ms;
+use crate::config::JobConfig;
+use crate::error::{JobError, TaskError};
+use crate::event::{Barrier, SnapshotKind, SnapshotTarget};
+use crate::faults::FaultPoint;
+use crate::graph::JobGraph;
+use crate::restart::{RestartDecision, RestartTracker};
+use crate::storage::{self, CheckpointStorage};
+use crate::task::chain::Notification;
+use crate::task::{Control, UploadJob};
+use deploy::{Deployed, deploy, spawn_uploader, validate_restore};
+
+pub(crate) struct AckedOp {
+    pub uid: String,
+    pub keyed_metas: Vec<KeyedStateMeta>,
+    pub meta: SubtaskMeta,
+}
+
+pub(crate) enum MasterMsg {
+    Ack {
+        attempt: u64,
+        checkpoint_id: u64,
+        task: (usize, u32),
+        ops: Vec<AckedOp>,
+    },
+    Decline {
+        attempt: u64,
+        checkpoint_id: u64,
+        reason: String,
+    },
+    SourceFinished {
+        attempt: u64,
+    },
+    TaskExited {
+        attempt: u64,
+        result: Result<(), TaskError>,
+    },
+    Savepoint {
+        dir: String,
+        kind: SnapshotKind,
+        reply: Sender<Result<SavepointInfo, JobError>>,
+    },
+    Cancel,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SavepointInfo {
+    pub checkpoint_id: u64,
+    pub path: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CompletedCheckpoint {
+    pub id: u64,
+    pub kind: SnapshotKind,
+    pub path: String,
+    pub duration_ms: u64,
+    pub size_bytes: u64,
+    pub completed_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobState {
+    Created,
+    Running,
+    Restarting,
+    Finished,
+    Cancelled,
+    Stopped,
+    Failed,
+}
+
+/// Observable job status; the control API serves this.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobStatus {
+    pub name: String,
+    pub state: JobState,
+    pub start_ms: i64,
+    pub restarts: u32,
+    pub attempt: u64,
+    /// Snapshot each attempt restored from (None for a fresh start).
+    pub restored_from: Vec<Option<String>>,
+    pub completed: Vec<CompletedCheckpoint>,
+    pub failed_checkpoints: u64,
+    pub last_failure: Option<String>,
+    pub parallelism: BTreeMap<String, u32>,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum JobOutcome {
+    /// All sources finished and everything drained.
+    Finished,
+    Cancelled,
+    /// Stopped with a savepoint.
+    Stopped(SavepointInfo),
+}
+
+/// Handle to a running job.
+pub struct JobClient {
+    tx: Sender<MasterMsg>,
+    join: Option<JoinHandle<Result<JobOutcome, JobError>>>,
+    status: Arc<Mutex<JobStatus>>,
+}
+
+impl JobClient {
+    fn request(
+        &self,
+        dir: &str,
+        kind: SnapshotKind,
+    ) -> Result<Receiver<Result<SavepointInfo, JobError>>, JobError> {
+        let (tx, rx) = bounded(1);
+        self.tx
+            .send(MasterMsg::Savepoint {
+                dir: dir.to_string(),
+                kind,
+                reply: tx,
+            })
+            .map_err(|_| JobError::Terminated)?;
+        Ok(rx)
+    }
+
+    /// Triggers a savepoint into `dir` and returns at once; the receiver yields
+    /// the result.
+    pub fn trigger_savepoint_async(
+        &self,
+        dir: &str,
+    ) -> Result<Receiver<Result<SavepointInfo, JobError>>, JobError> {
+        self.request(dir, SnapshotKind::Savepoint)
+    }
+
+    /// Takes a savepoint into `dir` and waits for it.
+    pub fn trigger_savepoint(&self, dir: &str) -> Result<SavepointInfo, JobError> {
+        self.request(dir, SnapshotKind::Savepoint)?
+            .recv()
+            .map_err(|_| JobError::Terminated)?
+    }
+
+    /// Takes a savepoint and ends the job after it. With `drain`, the final
+    /// watermark fires all event-time timers first.
+    pub fn stop_with_savepoint(&self, dir: &str, drain: bool) -> Result<SavepointInfo, JobError> {
+        self.request(dir, SnapshotKind::StopSavepoint { drain })?
+            .recv()
+            .map_err(|_| JobError::Terminated)?
+    }
+
+    pub fn cancel(&self) -> Result<(), JobError> {
+        self.tx
+            .send(MasterMsg::Cancel)
+            .map_err(|_| JobError::Terminated)
+    }
+
+    pub fn status(&self) -> JobStatus {
+        match self.status.lock() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    pub fn wait(mut self) -> Result<JobOutcome, JobError> {
+        match self.join.take() {
+            Some(j) => j.join().map_err(|p| JobError::Failed {
+                reason: "job master panicked".into(),
+                cause: deploy::panic_message(&p),
+            })?,
+            None => Err(JobError::Terminated),
+        }
+    }
+}
+
+pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, JobError> {
+    let (tx, rx) = unbounded();
+    let status = Arc::new(Mutex::new(JobStatus {
+        name: config.name.clone(),
+        state: JobState::Created,
+        start_ms: system_now_ms(),
+        restarts: 0,
+        attempt: 0,
+        restored_from: vec![],
+        completed: vec![],
+        failed_checkpoints: 0,
+        last_failure: None,
+        parallelism: deploy::effective_parallelism(&graph, &config)
+            .into_iter()
+            .zip(graph.nodes.iter())
+            .map(|(p, n)| (n.uid.clone(), p))
+            .collect(),
+    }));
+    let checkpoint_storage = match &config.checkpoint.storage {
+        Some(uri) => Some(storage::open(uri)?),
+        None => None,
+    };
+    // Resolve the initial restore before starting, so a bad path fails fast.
+    let initial = match &config.restore {
+        None => None,
+        Some(r) => {
+            let snap = if r.latest {
+                checkpoint::load_latest(&r.path)?
+            } else {
+                checkpoint::load_snapshot(&r.path)?
+            };
+            validate_restore(&graph, &config, &snap, r.allow_non_restored_state)?;
+            Some(snap.uri)
+        }
+    };
+    let mut master = Master {
+        graph,
+        config,
+        rx,
+        tx: tx.clone(),
+        status: status.clone(),
+        checkpoint_storage,
+        initial_restore: initial,
+        next_id: 1,
+        completed: Vec::new(),
+        clock_base: Instant::now(),
+    };
+    master.init_next_id()?;
+    let join = std::thread::Builder::new()
+        .name("job-master".into())
+        .spawn(move || master.run())
+        .map_err(|e| JobError::InvalidConfig(format!("cannot start the job master: {e}")))?;
+    Ok(JobClient {
+        tx,
+        join: Some(join),
+        status,
+    })
+}
+
+struct Pending {
+    kind: SnapshotKind,
+    target: Arc<SnapshotTarget>,
+    started: u64,
+    acks: HashMap<(usize, u32), Vec<AckedOp>>,
+    reply: Option<Sender<Result<SavepointInfo, JobError>>>,
+    is_final: bool,
+}
+
+enum AttemptEnd {
+    Finished,
+    Stopped(SavepointInfo),
+    Cancelled,
+    Failed(TaskError),
+}
+
+struct Master {
+    graph: JobGraph,
+    config: JobConfig,
+    rx: Receiver<MasterMsg>,
+    tx: Sender<MasterMsg>,
+    status: Arc<Mutex<JobStatus>>,
+    checkpoint_storage: Option<Arc<dyn CheckpointStorage>>,
+    initial_restore: Option<String>,
+    next_id: u64,
+    /// Completed snapshots usable for recovery, oldest first.
+    completed: Vec<CompletedCheckpoint>,
+    clock_base: Instant,
+}
+
+impl Master {
+    fn now(&self) -> u64 {
+        self.clock_base.elapsed().as_millis() as u64
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut JobStatus)) {
+        let mut g = match self.status.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        f(&mut g);
+    }
+
+    /// Checkpoint ids continue after the restored snapshot and after anything
+    /// already in the checkpoint directory, so ids never collide.
+    fn init_next_id(&mut self) -> Result<(), JobError> {
+        let mut max = 0;
+        if let Some(uri) = &self.initial_restore {
+            max = checkpoint::read_metadata(uri)?.checkpoint_id;
+        }
+        if let Some(uri) = &self.config.checkpoint.storage
+            && let Some((id, _)) = checkpoint::list_checkpoints(uri)?.first()
+        {
+            max = max.max(*id);
+        }
+        self.next_id = max + 1;
+        Ok(())
+    }
+
+    fn run(mut self) -> Result<JobOutcome, JobError> {
+        let mut tracker = RestartTracker::new(self.config.restart.clone());
+        let mut attempt = 0u64;
+        loop {
+            attempt += 1;
+            let restore = self.pick_restore();
+            let snap = match &restore {
+                None => None,
+                Some(uri) => match checkpoint::load_snapshot(uri) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        self.set_status(|s| s.state = JobState::Failed);
+                        return Err(JobError::Restore(e));
+                    }
+                },
+            };
+            if let Some(s) = &snap {
+                tracing::info!(attempt, snapshot = %s.uri, checkpoint = s.metadata.checkpoint_id, "restoring");
+            } else {
+                tracing::info!(attempt, "starting without restored state");
+            }
+            self.set_status(|s| {
+                s.attempt = attempt;
+                s.state = JobState::Running;
+                s.restored_from.push(restore.clone());
+            });
+            let end = self.run_attempt(attempt, snap.as_ref());
+            drop(snap);
+            match end {
+                AttemptEnd::Finished => {
+                    self.set_status(|s| s.state = JobState::Finished);
+                    return Ok(JobOutcome::Finished);
+                }
+                AttemptEnd::Stopped(info) => {
+                    self.set_status(|s| s.state = JobState::Stopped);
+                    return Ok(JobOutcome::Stopped(info));
+                }
+                AttemptEnd::Cancelled => {
+                    if !self.config.checkpoint.retain_on_cancellation {
+                        self.dispose_checkpoints();
+                    }
+                    self.set_status(|s| s.state = JobState::Cancelled);
+                    return Ok(JobOutcome::Cancelled);
+                }
+                AttemptEnd::Failed(e) => {
+                    let msg = e.to_string();
+                    tracing::warn!(attempt, error = %msg, "attempt failed");
+                    self.set_status(|s| {
+                        s.last_failure = Some(msg.clone());
+                        s.state = JobState::Restarting;
+                    });
+                    let decision = if let TaskError::Incompatible(_) = e {
+                        RestartDecision::GiveUp {
+                            reason: "restored state is incompatible with the job".into(),
+                        }
+                    } else {
+                        tracker.on_failure(self.now())
+                    };
+                    match decision {
+                        RestartDecision::GiveUp { reason } => {
+                            self.set_status(|s| s.state = JobState::Failed);
+                            return Err(JobError::Failed { reason, cause: msg });
+                        }
+                        RestartDecision::Restart { delay_ms, .. } => {
+                            self.set_status(|s| s.restarts += 1);
+                            if self.sleep_interruptibly(Duration::from_millis(delay_ms)) {
+                                self.dispose_checkpoints_if_needed();
+                                self.set_status(|s| s.state = JobState::Cancelled);
+                                return Ok(JobOutcome::Cancelled);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn dispose_checkpoints_if_needed(&self) {
+        if !self.config.checkpoint.retain_on_cancellation {
+            self.dispose_checkpoints();
+        }
+    }
+
+    /// Latest completed snapshot of this run, else the one the job started from.
+    fn pick_restore(&self) -> Option<String> {
+        self.completed
+            .last()
+            .map(|c| c.path.clone())
+            .or_else(|| self.initial_restore.clone())
+    }
+
+    /// Waits during a restart delay; returns true if the job was cancelled.
+    fn sleep_interruptibly(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            match self.rx.recv_timeout(left) {
+                Ok(MasterMsg::Cancel) => return true,
+                Ok(MasterMsg::Savepoint { reply, .. }) => {
+                    let _ = reply.send(Err(JobError::Rejected("the job is restarting".into())));
+                }
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => return false,
+                Err(RecvTimeoutError::Disconnected) => return true,
+            }
+        }
+    }
+
+    fn dispose_checkpoints(&self) {
+        let Some(st) = &self.checkpoint_storage else {
+            return;
+        };
+        for c in &self.completed {
+            if c.kind == SnapshotKind::Checkpoint {
+                let _ = st.delete_dir(&format!("chk-{}", c.id));
+            }
+        }
+    }
+
+    fn run_attempt(&mut self, attempt: u64, snap: Option<&LoadedSnapshot>) -> AttemptEnd {
+        let (up_tx, up_rx) = unbounded::<UploadJob>();
+        let uploader = match spawn_uploader(up_rx, self.tx.clone()) {
+            Ok(j) => j,
+            Err(e) => return AttemptEnd::Failed(TaskError::Internal(format!("uploader: {e}"))),
+        };
+        let deployed = match deploy(&self.graph, &self.config, attempt, snap, &self.tx, &up_tx) {
+            Ok(d) => d,
+            Err(e) => {
+                drop(up_tx);
+                let _ = uploader.join();
+                return AttemptEnd::Failed(e);
+            }
+        };
+        drop(up_tx);
+        let mut run = AttemptRun {
+            attempt,
+            d: deployed,
+            pending: BTreeMap::new(),
+            sources_finished: 0,
+            exited: 0,
+            started: self.now(),
+            last_trigger: None,
+            last_end: None,
+            consecutive_failures: 0,
+            final_triggered: false,
+            stopping: None,
+        };
+        let end = self.supervise(&mut run);
+        self.teardown(&mut run);
+        for (_, p) in std::mem::take(&mut run.pending) {
+            if let Some(r) = p.reply {
+                let _ = r.send(Err(JobError::Rejected(
+                    "the attempt ended before the savepoint completed".into(),
+                )));
+            }
+        }
+        let _ = uploader.join();
+        end
+    }
+
+    fn supervise(&mut self, run: &mut AttemptRun) -> AttemptEnd {
+        let total = run.d.tasks.len();
+        loop {
+            // Periodic trigger and timeouts.
+            let now = self.now();
+            let n_periodic = run
+                .pending
+                .values()
+                .filter(|p| p.kind == SnapshotKind::Checkpoint)
+                .count();
+            let mut wait = Duration::from_millis(500);
+            if !run.final_triggered
+                && run.stopping.is_none()
+                && run.sources_finished < run.d.source_subtasks
+            {
+                match decide(
+                    &self.config.checkpoint,
+                    now,
+                    run.started,
+                    run.last_trigger,
+                    run.last_end,
+                    n_periodic,
+                ) {
+                    TriggerDecision::Now => {
+                        if let Err(e) =
+                            self.trigger(run, SnapshotKind::Checkpoint, None, None, false)
+                        {
+                            tracing::warn!(error = %e, "checkpoint trigger failed");
+                        }
+                    }
+                    TriggerDecision::At(t) => wait = wait.min(Duration::from_millis(t - now)),
+                    _ => {}
+                }
+            }
+            let expired: Vec<u64> = run
+                .pending
+                .iter()
+                .filter(|(_, p)| now.saturating_sub(p.started) >= self.config.checkpoint.timeout_ms)
+                .map(|(id, _)| *id)
+                .collect();
+            for id in expired {
+                let reason = format!(
+                    "checkpoint {id} expired after {} ms",
+                    self.config.checkpoint.timeout_ms
+                );
+                if let Some(end) = self.fail_checkpoint(run, id, reason) {
+                    return end;
+                }
+            }
+            if let Some(p) = run.pending.values().map(|p| p.started).min() {
+                let deadline = p + self.config.checkpoint.timeout_ms;
+                wait = wait.min(Duration::from_millis(deadline.saturating_sub(now).max(1)));
+            }
+            let msg = match self.rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => return AttemptEnd::Cancelled,
+            };
+            match msg {
+                MasterMsg::Ack {
+                    attempt,
+                    checkpoint_id,
+                    task,
+                    ops,
+                } if attempt == run.attempt => {
+                    let Some(p) = run.pending.get_mut(&checkpoint_id) else {
+                        continue;
+                    };
+                    p.acks.insert(task, ops);
+                    if p.acks.len() == total
+                        && let Some(end) = self.complete(run, checkpoint_id)
+                    {
+                        return end;
+                    }
+                }
+                MasterMsg::Decline {
+                    attempt,
+                    checkpoint_id,
+                    reason,
+                } if attempt == run.attempt => {
+                    if run.pending.contains_key(&checkpoint_id)
+                        && let Some(end) = self.fail_checkpoint(run, checkpoint_id, reason)
+                    {
+                        return end;
+                    }
+                }
+                MasterMsg::SourceFinished { attempt } if attempt == run.attempt => {
+                    run.sources_finished += 1;
+                    if run.sources_finished == run.d.source_subtasks && run.stopping.is_none() {
+                        self.finish_sources(run);
+                    }
+                }
+                MasterMsg::TaskExited { attempt, result } if attempt == run.attempt => {
+                    run.exited += 1;
+                    match result {
+                        Ok(()) => {
+                            if run.exited == total {
+                                return match run.stopping.take() {
+                                    Some(info) => AttemptEnd::Stopped(info),
+                                    None => AttemptEnd::Finished,
+                                };
+                            }
+                        }
+                        Err(e) => return AttemptEnd::Failed(self.first_real_error(run, e)),
+                    }
+                }
+                MasterMsg::Savepoint { dir, kind, reply } => {
+                    if run.stopping.is_some() || run.final_triggered {
+                        let _ = reply.send(Err(JobError::Rejected("the job is finishing".into())));
+                        continue;
+                    }
+                    if let Err(e) = self.trigger(run, kind, Some(dir), Some(reply.clone()), false) {
+                        let _ = reply.send(Err(e));
+                    }
+                }
+                MasterMsg::Cancel => return AttemptEnd::Cancelled,
+                _ => {} // A message from an earlier attempt: fenced off.
+            }
+        }
+    }
+
+    /// A failing task makes its neighbours fail with `Cancelled` (their channels
+    /// close); report the root cause if it arrives shortly.
+    fn first_real_error(&self, run: &mut AttemptRun, e: TaskError) -> TaskError {
+        if !matches!(e, TaskError::Cancelled) {
+            return e;
+        }
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Ok(m) = self.rx.recv_deadline(deadline) {
+            if let MasterMsg::TaskExited { attempt, result } = m
+                && attempt == run.attempt
+            {
+                run.exited += 1;
+                if let Err(e2) = result
+                    && !matches!(e2, TaskError::Cancelled)
+                {
+                    return e2;
+                }
+            }
+        }
+        e
+    }
+
+    fn finish_sources(&mut self, run: &mut AttemptRun) {
+        if self.checkpoint_storage.is_some() && self.config.checkpoint.interval_ms.is_some() {
+            // A final checkpoint, so that everything emitted is covered by a
+            // completed checkpoint before the job ends.
+            if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
+                tracing::warn!(error = %e, "final checkpoint could not be triggered; finishing without it");
+                self.send_finish(run);
+            }
+        } else {
+            self.send_finish(run);
+        }
+        run.final_triggered = true;
+    }
+
+    fn send_finish(&self, run: &AttemptRun) {
+        for t in run.d.tasks.iter().filter(|t| t.is_source) {
+            let _ = t.control.send(Control::FinishSources);
+        }
+    }
+
+    fn trigger(
+        &mut self,
+        run: &mut AttemptRun,
+        kind: SnapshotKind,
+        dir: Option<String>,
+        reply: Option<Sender<Result<SavepointInfo, JobError>>>,
+        is_final: bool,
+    ) -> Result<(), JobError> {
+        let id = self.next_id;
+        let target = match (&kind, dir) {
+            (SnapshotKind::Checkpoint, _) => {
+                let st = self
+                    .checkpoint_storage
+                    .clone()
+                    .ok_or_else(|| JobError::InvalidConfig("no checkpoint storage".into()))?;
+                let d = format!("chk-{id}");
+                SnapshotTarget {
+                    location: st.uri(&d),
+                    storage: st,
+                    dir: d,
+                }
+            }
+            (_, Some(dir)) => {
+                let st = storage::open(&dir)?;
+                let d = format!("savepoint-{id}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+                SnapshotTarget {
+                    location: st.uri(&d),
+                    storage: st,
+                    dir: d,
+                }
+            }
+            (_, None) => {
+                return Err(JobError::InvalidConfig(
+                    "a savepoint needs a target directory".into(),
+                ));
+            }
+        };
+        self.next_id += 1;
+        let barrier = Barrier {
+            id,
+            timestamp_ms: system_now_ms(),
+            kind,
+            target: Arc::new(target),
+        };
+        let now = self.now();
+        if kind == SnapshotKind::Checkpoint && !is_final {
+            run.last_trigger = Some(now);
+        }
+        tracing::debug!(id, ?kind, target = %barrier.target.location, "triggering");
+        run.pending.insert(
+            id,
+            Pending {
+                kind,
+                target: barrier.target.clone(),
+                started: now,
+                acks: HashMap::new(),
+                reply,
+                is_final,
+            },
+        );
+        for t in run.d.tasks.iter().filter(|t| t.is_source) {
+            let _ = t.control.send(Control::Trigger(barrier.clone()));
+        }
+        Ok(())
+    }
+
+    fn fail_checkpoint(
+        &mut self,
+        run: &mut AttemptRun,
+        id: u64,
+        reason: String,
+    ) -> Option<AttemptEnd> {
+        let p = run.pending.remove(&id)?;
+        tracing::warn!(id, reason = %reason, "checkpoint failed");
+        self.set_status(|s| s.failed_checkpoints += 1);
+        let _ = p.target.storage.delete_dir(&p.target.dir);
+        for t in &run.d.tasks {
+            let _ = t.control.send(Control::Notify(Notification::Aborted(id)));
+        }
+        if let Some(r) = p.reply {
+            let _ = r.send(Err(JobError::Rejected(format!(
+                "savepoint {id} failed: {reason}"
+            ))));
+        }
+        if p.is_final {
+            // Retry the final checkpoint; the job cannot finish without it.
+            if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
+                tracing::warn!(error = %e, "final checkpoint retry failed; finishing");
+                self.send_finish(run);
+            }
+            return None;
+        }
+        if p.kind == SnapshotKind::Checkpoint {
+            run.last_end = Some(self.now());
+            run.consecutive_failures += 1;
+            if run.consecutive_failures > self.config.checkpoint.tolerable_failures {
+                return Some(AttemptEnd::Failed(TaskError::TooManyCheckpointFailures {
+                    tolerable: self.config.checkpoint.tolerable_failures,
+                    last: reason,
+                }));
+            }
+        }
+        None
+    }
+
+    fn complete(&mut self, run: &mut AttemptRun, id: u64) -> Option<AttemptEnd> {
+        let p = run.pending.remove(&id)?;
+        let fault = |point: FaultPoint| -> Option<AttemptEnd> {
+            self.config
+                .faults
+                .should_fail(&point)
+                .then(|| AttemptEnd::Failed(TaskError::Injected(format!("{point:?}"))))
+        };
+        if let Some(end) = fault(FaultPoint::BeforeMetadata { checkpoint_id: id }) {
+            return Some(end);
+        }
+        let mut by_op: BTreeMap<String, (Vec<KeyedStateMeta>, Vec<SubtaskMeta>)> = BTreeMap::new();
+        for (_, ops) in p.acks {
+            for op in ops {
+                let e = by_op.entry(op.uid).or_default();
+                if e.0.is_empty() {
+                    e.0 = op.keyed_metas;
+                }
+                e.1.push(op.meta);
+            }
+        }
+        let mut size = 0;
+        let operators = by_op
+            .into_iter()
+            .map(|(uid, (keyed_states, mut subtasks))| {
+                subtasks.sort_by_key(|s| s.index);
+                size += subtasks.iter().map(|s| s.size).sum::<u64>();
+                OperatorMeta {
+                    parallelism: run
+                        .d
+                        .parallelism
+                        .get(&uid)
+                        .copied()
+                        .unwrap_or(subtasks.len() as u32),
+                    uid,
+                    keyed_states,
+                    subtasks,
+                }
+            })
+            .collect();
+        let md = SnapshotMetadata {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            kind: if p.kind.is_savepoint() {
+                "savepoint"
+            } else {
+                "checkpoint"
+            }
+            .into(),
+            checkpoint_id: id,
+            job_name: self.config.name.clone(),
+            created_ms: system_now_ms(),
+            max_parallelism: self.config.max_parallelism,
+            operators,
+        };
+        let written = serde_json::to_vec_pretty(&md)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                size += bytes.len() as u64;
+                p.target
+                    .storage
+                    .write_new(&storage::join(&p.target.dir, METADATA_FILE), &bytes)
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(reason) = written {
+            // Put it back so that fail_checkpoint does the bookkeeping.
+            run.pending.insert(
+                id,
+                Pending {
+                    kind: p.kind,
+                    target: p.target,
+                    started: p.started,
+                    acks: HashMap::new(),
+                    reply: p.reply,
+                    is_final: p.is_final,
+                },
+            );
+            return self.fail_checkpoint(run, id, format!("writing _metadata: {reason}"));
+        }
+        if let Some(end) = fault(FaultPoint::AfterMetadata { checkpoint_id: id }) {
+            // The checkpoint is complete on storage even though nobody was told:
+            // recovery must use it.
+            self.record_completed(run, id, &p.target, p.kind, p.started, size);
+            return Some(end);
+        }
+        self.record_completed(run, id, &p.target, p.kind, p.started, size);
+        for t in &run.d.tasks {
+            let _ = t.control.send(Control::Notify(Notification::Complete(id)));
+        }
+        // Completion subsumes every older pending checkpoint.
+        let older: Vec<u64> = run
+            .pending
+            .iter()
+            .filter(|(pid, pp)| **pid < id && !pp.is_final && pp.reply.is_none())
+            .map(|(pid, _)| *pid)
+            .collect();
+        for o in older {
+            run.pending.remove(&o);
+        }
+        let info = SavepointInfo {
+            checkpoint_id: id,
+            path: p.target.location.clone(),
+        };
+        if let Some(r) = p.reply {
+            let _ = r.send(Ok(info.clone()));
+        }
+        if p.kind == SnapshotKind::Checkpoint {
+            run.consecutive_failures = 0;
+            run.last_end = Some(self.now());
+        }
+        if let SnapshotKind::StopSavepoint { .. } = p.kind {
+            run.stopping = Some(info);
+        }
+        if p.is_final {
+            self.send_finish(run);
+        }
+        None
+    }
+
+    fn record_completed(
+        &mut self,
+        _run: &AttemptRun,
+        id: u64,
+        target: &SnapshotTarget,
+        kind: SnapshotKind,
+        started: u64,
+        size: u64,
+    ) {
+        let c = CompletedCheckpoint {
+            id,
+            kind,
+            path: target.location.clone(),
+            duration_ms: self.now().saturating_sub(started),
+            size_bytes: size,
+            completed_ms: system_now_ms(),
+        };
+        tracing::info!(id, path = %c.path, size = c.size_bytes, duration_ms = c.duration_ms, "snapshot completed");
+        self.completed.push(c.clone());
+        // Retention: only checkpoints are ours to delete; savepoints belong to the user.
+        let retained = self.config.checkpoint.retained as usize;
+        let chk: Vec<u64> = self
+            .completed
+            .iter()
+            .filter(|c| c.kind == SnapshotKind::Checkpoint)
+            .map(|c| c.id)
+            .collect();
+        if chk.len() > retained {
+            let drop_ids: Vec<u64> = chk[..chk.len() - retained].to_vec();
+            if let Some(st) = &self.checkpoint_storage {
+                for d in &drop_ids {
+                    if let Err(e) = st.delete_dir(&format!("chk-{d}")) {
+                        tracing::warn!(id = d, error = %e, "could not delete a subsumed checkpoint");
+                    }
+                }
+            }
+            self.completed.retain(|c| !drop_ids.contains(&c.id));
+        }
+        let completed = self.completed.clone();
+        self.set_status(|s| s.completed = completed);
+    }
+
+    fn teardown(&self, run: &mut AttemptRun) {
+        for t in &run.d.tasks {
+            let _ = t.control.send(Control::Cancel);
+        }
+        let total = run.d.tasks.len();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while run.exited < total {
+            match self.rx.recv_deadline(deadline) {
+                Ok(MasterMsg::TaskExited { attempt, .. }) if attempt == run.attempt => {
+                    run.exited += 1
+                }
+                Ok(MasterMsg::Savepoint { reply, .. }) => {
+                    let _ = reply.send(Err(JobError::Rejected("the job is restarting".into())));
+                }
+                Ok(MasterMsg::Cancel) => {
+                    // Re-queue so the restart loop sees it.
+                    let _ = self.tx.send(MasterMsg::Cancel);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::error!(
+                        remaining = total - run.exited,
+                        "tasks did not stop within 30 s; abandoning their threads"
+                    );
+                    return;
+                }
+            }
+        }
+        for t in &mut run.d.tasks {
+            if let Some(j) = t.join.take() {
+                let _ = j.join();
+            }
+        }
+        let _ = &run.d.index;
+        let _ = run.d.tasks.iter().map(|t| &t.name).count();
+    }
+}
+
+struct AttemptRun {
+    attempt: u64,
+    d: Deployed,
+    pending: BTreeMap<u64, Pending>,
+    sources_finished: usize,
+    exited: usize,
+    started: u64,
+    last_trigger: Option<u64>,
+    last_end: Option<u64>,
+    consecutive_failures: u32,
+    final_triggered: bool,
+    stopping: Option<SavepointInfo>,
+}

@@ -1,0 +1,754 @@
+//! The DataStream API and the logical job graph. Streams are typed; the graph
+//! erases types behind factories so the executor can wire channels and chains
+//! generically. Each factory is cloned per subtask and per attempt.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender, bounded};
+
+use crate::config::JobConfig;
+use crate::error::{JobError, TaskError};
+use crate::event::{Batch, StreamRecord};
+use crate::executor::{JobClient, JobOutcome};
+use crate::functions::{
+    Collector, Data, KeyedProcessFunction, ProcessFunction, SinkFunction, SourceFunction,
+};
+use crate::keygroup::{KeyGroupRange, key_group_for_key};
+use crate::state::keyed::{Key, KeyedBackend};
+use crate::state::operator::OperatorStateStore;
+use crate::task::chain::{
+    Discard, Fanout, FilterOp, FlatMapOp, KeyFn, KeyGroupFn, KeyedProcessOp, MapOp, NetworkOutput,
+    Out, Partitioner, ProcessOp, SinkOp,
+};
+use crate::task::input::InputTask;
+use crate::task::source::SourceTask;
+use crate::task::{Restored, TaskRunner};
+use crate::watermark::WatermarkStrategy;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EdgeKind {
+    Forward,
+    Rebalance,
+    Broadcast,
+    Hash,
+}
+
+pub(crate) struct InputEdge {
+    pub from: usize,
+    pub kind: EdgeKind,
+    /// `KeyGroupFn<T>` of the upstream type, for hash edges.
+    pub key_group_fn: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+/// What a subtask's builder needs to know.
+pub(crate) struct BuildCtx<'a> {
+    pub uid: &'a str,
+    pub subtask: u32,
+    pub parallelism: u32,
+    pub config: &'a JobConfig,
+    pub restored: Option<Restored>,
+}
+
+pub(crate) trait SourceFactory: Send + Sync {
+    fn build_task(
+        &self,
+        out: Box<dyn Any>,
+        ctx: BuildCtx<'_>,
+    ) -> Result<Box<dyn TaskRunner>, TaskError>;
+}
+
+pub(crate) trait OperatorFactory: Send + Sync {
+    /// Wraps this operator around its output (`Out<O>`), giving its input (`Out<In>`).
+    fn build(&self, out: Box<dyn Any>, ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError>;
+}
+
+/// Operations that depend on a node's output type.
+pub(crate) trait TypeOps: Send + Sync {
+    fn channels(&self, n_up: usize, n_down: usize, forward: bool, cap: usize) -> Box<dyn Any>;
+    #[allow(clippy::too_many_arguments)]
+    fn writer(
+        &self,
+        chans: &mut Box<dyn Any>,
+        up: usize,
+        kind: EdgeKind,
+        kg_fn: Option<&Arc<dyn Any + Send + Sync>>,
+        task: &str,
+        batch: usize,
+        max_parallelism: u32,
+    ) -> Result<Box<dyn Any>, TaskError>;
+    fn readers(&self, chans: &mut Box<dyn Any>, down: usize) -> Result<Box<dyn Any>, TaskError>;
+    fn fanout(&self, outs: Vec<Box<dyn Any>>) -> Result<Box<dyn Any>, TaskError>;
+    /// Builds the task of a chain whose head consumes this type.
+    fn input_task(
+        &self,
+        head: Box<dyn Any>,
+        readers: Vec<Box<dyn Any>>,
+        in_flight: Vec<serde_bytes::ByteBuf>,
+        in_flight_filter: Option<(Arc<dyn Any + Send + Sync>, KeyGroupRange)>,
+        name: &str,
+    ) -> Result<Box<dyn TaskRunner>, TaskError>;
+}
+
+struct TypeOpsImpl<T>(PhantomData<fn() -> T>);
+
+struct EdgeChannels<T> {
+    senders: Vec<Vec<Option<Sender<Batch<T>>>>>,
+    receivers: Vec<Vec<Option<Receiver<Batch<T>>>>>,
+}
+
+fn internal(msg: &str) -> TaskError {
+    TaskError::Internal(msg.to_string())
+}
+
+fn downcast<T: 'static>(b: Box<dyn Any>, what: &str) -> Result<T, TaskError> {
+    b.downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| internal(&format!("type mismatch wiring {what}")))
+}
+
+impl<T: Data> TypeOps for TypeOpsImpl<T> {
+    fn channels(&self, n_up: usize, n_down: usize, forward: bool, cap: usize) -> Box<dyn Any> {
+        let mut senders: Vec<Vec<Option<Sender<Batch<T>>>>> = (0..n_up)
+            .map(|_| (0..n_down).map(|_| None).collect())
+            .collect();
+        let mut receivers: Vec<Vec<Option<Receiver<Batch<T>>>>> = (0..n_down)
+            .map(|_| (0..n_up).map(|_| None).collect())
+            .collect();
+        for u in 0..n_up {
+            for d in 0..n_down {
+                if forward && u != d {
+                    continue;
+                }
+                let (s, r) = bounded(cap);
+                senders[u][d] = Some(s);
+                receivers[d][u] = Some(r);
+            }
+        }
+        Box::new(EdgeChannels { senders, receivers })
+    }
+
+    fn writer(
+        &self,
+        chans: &mut Box<dyn Any>,
+        up: usize,
+        kind: EdgeKind,
+        kg_fn: Option<&Arc<dyn Any + Send + Sync>>,
+        task: &str,
+        batch: usize,
+        max_parallelism: u32,
+    ) -> Result<Box<dyn Any>, TaskError> {
+        let chans = chans
+            .downcast_mut::<EdgeChannels<T>>()
+            .ok_or_else(|| internal("edge channels"))?;
+        let senders: Vec<_> = chans.senders[up]
+            .iter_mut()
+            .filter_map(|s| s.take())
+            .collect();
+        let partitioner = match kind {
+            EdgeKind::Forward => Partitioner::Forward,
+            EdgeKind::Rebalance => Partitioner::Rebalance,
+            EdgeKind::Broadcast => Partitioner::Broadcast,
+            EdgeKind::Hash => {
+                let f = kg_fn
+                    .and_then(|f| f.downcast_ref::<KeyGroupFn<T>>())
+                    .ok_or_else(|| internal("key group function"))?;
+                Partitioner::Hash(f.clone())
+            }
+        };
+        let out: Out<T> = Box::new(NetworkOutput::new(
+            task.to_string(),
+            senders,
+            partitioner,
+            batch,
+            up,
+            max_parallelism,
+        ));
+        Ok(Box::new(out))
+    }
+
+    fn readers(&self, chans: &mut Box<dyn Any>, down: usize) -> Result<Box<dyn Any>, TaskError> {
+        let chans = chans
+            .downcast_mut::<EdgeChannels<T>>()
+            .ok_or_else(|| internal("edge channels"))?;
+        let rs: Vec<Receiver<Batch<T>>> = chans.receivers[down]
+            .iter_mut()
+            .filter_map(|r| r.take())
+            .collect();
+        Ok(Box::new(rs))
+    }
+
+    fn fanout(&self, outs: Vec<Box<dyn Any>>) -> Result<Box<dyn Any>, TaskError> {
+        let mut v: Vec<Out<T>> = Vec::with_capacity(outs.len());
+        for o in outs {
+            v.push(downcast::<Out<T>>(o, "fan-out")?);
+        }
+        let out: Out<T> = match v.len() {
+            0 => Box::new(Discard),
+            1 => v.pop().ok_or_else(|| internal("fan-out"))?,
+            _ => Box::new(Fanout(v)),
+        };
+        Ok(Box::new(out))
+    }
+
+    fn input_task(
+        &self,
+        head: Box<dyn Any>,
+        readers: Vec<Box<dyn Any>>,
+        in_flight: Vec<serde_bytes::ByteBuf>,
+        in_flight_filter: Option<(Arc<dyn Any + Send + Sync>, KeyGroupRange)>,
+        name: &str,
+    ) -> Result<Box<dyn TaskRunner>, TaskError> {
+        let head = downcast::<Out<T>>(head, "chain head")?;
+        let mut channels = Vec::new();
+        for r in readers {
+            channels.extend(downcast::<Vec<Receiver<Batch<T>>>>(r, "input channels")?);
+        }
+        let mut records = Vec::with_capacity(in_flight.len());
+        for b in in_flight {
+            let r: StreamRecord<T> = postcard::from_bytes(&b).map_err(|e| TaskError::State {
+                task: name.to_string(),
+                message: format!("cannot decode a restored in-flight record: {e}"),
+            })?;
+            records.push(r);
+        }
+        if let Some((f, range)) = in_flight_filter {
+            let f = f
+                .downcast_ref::<KeyGroupFn<T>>()
+                .ok_or_else(|| internal("in-flight key group function"))?;
+            let mut kept = Vec::new();
+            for r in records {
+                let kg = f(&r.value).map_err(|e| TaskError::State {
+                    task: name.to_string(),
+                    message: e.to_string(),
+                })?;
+                if range.contains(kg) {
+                    kept.push(r);
+                }
+            }
+            records = kept;
+        }
+        Ok(Box::new(InputTask {
+            head,
+            channels,
+            restored_in_flight: records,
+        }))
+    }
+}
+
+pub(crate) enum NodeKind {
+    Source(Arc<dyn SourceFactory>),
+    Operator(Arc<dyn OperatorFactory>),
+}
+
+pub(crate) struct Node {
+    pub id: usize,
+    pub uid: String,
+    pub parallelism: Option<u32>,
+    pub keyed: bool,
+    pub inputs: Vec<InputEdge>,
+    pub out_ops: Arc<dyn TypeOps>,
+    /// Type ops of the input type (= out_ops of any input node).
+    pub in_ops: Option<Arc<dyn TypeOps>>,
+    pub kind: NodeKind,
+}
+
+#[derive(Default)]
+pub(crate) struct GraphBuilder {
+    pub nodes: Vec<Node>,
+    pub errors: Vec<String>,
+}
+
+/// The logical job graph handed to the executor.
+pub struct JobGraph {
+    pub(crate) nodes: Vec<Node>,
+}
+
+/// Builds a job: sources, transformations and sinks.
+pub struct StreamEnv {
+    g: Rc<RefCell<GraphBuilder>>,
+    config: JobConfig,
+}
+
+impl StreamEnv {
+    pub fn new(config: JobConfig) -> Self {
+        StreamEnv {
+            g: Rc::new(RefCell::new(GraphBuilder::default())),
+            config,
+        }
+    }
+
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    pub fn config_mut(&mut self) -> &mut JobConfig {
+        &mut self.config
+    }
+
+    /// Adds a parallel source. `name` identifies its state across job versions.
+    pub fn add_source<T: Data, S: SourceFunction<T> + Sync>(
+        &self,
+        name: &str,
+        source: S,
+    ) -> DataStream<T> {
+        self.add_source_with_watermarks(name, source, None)
+    }
+
+    pub fn add_source_with_watermarks<T: Data, S: SourceFunction<T> + Sync>(
+        &self,
+        name: &str,
+        source: S,
+        watermarks: Option<WatermarkStrategy<T>>,
+    ) -> DataStream<T> {
+        let id = push_node(
+            &self.g,
+            name.to_string(),
+            false,
+            vec![],
+            None,
+            Arc::new(TypeOpsImpl::<T>(PhantomData)),
+            NodeKind::Source(Arc::new(SourceNode {
+                source,
+                watermarks,
+                _p: PhantomData,
+            })),
+        );
+        DataStream::new(self.g.clone(), vec![id], self.config.max_parallelism)
+    }
+
+    /// Validates the graph and configuration.
+    pub fn build(self) -> Result<(JobGraph, JobConfig), JobError> {
+        let g = Rc::try_unwrap(self.g)
+            .map_err(|_| {
+                JobError::InvalidJob(
+                    "streams of this job are still in use; drop them before executing".into(),
+                )
+            })?
+            .into_inner();
+        let mut errors = g.errors;
+        if let Err(e) = self.config.validate() {
+            errors.push(e);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &g.nodes {
+            if !seen.insert(crate::checkpoint::state_file_name(&n.uid, 0)) {
+                errors.push(format!(
+                    "operator name '{}' is used twice (names must be unique; they identify state)",
+                    n.uid
+                ));
+            }
+            if let Some(p) = n.parallelism
+                && let Err(e) =
+                    crate::keygroup::validate_parallelism(p, self.config.max_parallelism)
+            {
+                errors.push(format!("operator '{}': {e}", n.uid));
+            }
+        }
+        if !g
+            .nodes
+            .iter()
+            .any(|n| matches!(n.kind, NodeKind::Source(_)))
+        {
+            errors.push("the job has no source".into());
+        }
+        if !errors.is_empty() {
+            return Err(JobError::InvalidJob(errors.join("; ")));
+        }
+        Ok((JobGraph { nodes: g.nodes }, self.config))
+    }
+
+    /// Runs the job to completion (bounded sources), cancellation or stop.
+    pub fn execute(self) -> Result<JobOutcome, JobError> {
+        self.execute_async()?.wait()
+    }
+
+    /// Starts the job and returns a client to trigger savepoints, stop or cancel.
+    pub fn execute_async(self) -> Result<JobClient, JobError> {
+        let (graph, config) = self.build()?;
+        crate::executor::start(graph, config)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn push_node(
+    g: &Rc<RefCell<GraphBuilder>>,
+    uid: String,
+    keyed: bool,
+    inputs: Vec<InputEdge>,
+    in_ops: Option<Arc<dyn TypeOps>>,
+    out_ops: Arc<dyn TypeOps>,
+    kind: NodeKind,
+) -> usize {
+    let mut gb = g.borrow_mut();
+    let id = gb.nodes.len();
+    gb.nodes.push(Node {
+        id,
+        uid,
+        parallelism: None,
+        keyed,
+        inputs,
+        out_ops,
+        in_ops,
+        kind,
+    });
+    id
+}
+
+/// A stream of `T`, produced by one or more (union) operators.
+pub struct DataStream<T> {
+    g: Rc<RefCell<GraphBuilder>>,
+    producers: Vec<usize>,
+    partition: EdgeKind,
+    max_parallelism: u32,
+    _p: PhantomData<fn() -> T>,
+}
+
+impl<T: Data> DataStream<T> {
+    fn new(g: Rc<RefCell<GraphBuilder>>, producers: Vec<usize>, max_parallelism: u32) -> Self {
+        DataStream {
+            g,
+            producers,
+            partition: EdgeKind::Forward,
+            max_parallelism,
+            _p: PhantomData,
+        }
+    }
+
+    fn edges(&self, kind: EdgeKind, kg: Option<Arc<dyn Any + Send + Sync>>) -> Vec<InputEdge> {
+        self.producers
+            .iter()
+            .map(|&from| InputEdge {
+                from,
+                kind,
+                key_group_fn: kg.clone(),
+            })
+            .collect()
+    }
+
+    fn next_name(&self, what: &str) -> String {
+        format!("{what}#{}", self.g.borrow().nodes.len())
+    }
+
+    fn add_op<O: Data>(self, uid: String, f: Arc<dyn OperatorFactory>) -> DataStream<O> {
+        let edges = self.edges(self.partition, None);
+        let id = push_node(
+            &self.g,
+            uid,
+            false,
+            edges,
+            Some(Arc::new(TypeOpsImpl::<T>(PhantomData))),
+            Arc::new(TypeOpsImpl::<O>(PhantomData)),
+            NodeKind::Operator(f),
+        );
+        DataStream::new(self.g.clone(), vec![id], self.max_parallelism)
+    }
+
+    /// Sets the parallelism of the operator that produces this stream.
+    pub fn set_parallelism(self, p: u32) -> Self {
+        {
+            let mut g = self.g.borrow_mut();
+            if self.producers.len() == 1 {
+                g.nodes[self.producers[0]].parallelism = Some(p);
+            } else {
+                g.errors
+                    .push("set_parallelism on a union: set it on each input instead".into());
+            }
+        }
+        self
+    }
+
+    pub fn map<O: Data>(
+        self,
+        f: impl FnMut(T) -> O + Clone + Send + Sync + 'static,
+    ) -> DataStream<O> {
+        let name = self.next_name("map");
+        self.add_op(name, Arc::new(MapNode { f, _p: PhantomData }))
+    }
+
+    pub fn filter(
+        self,
+        f: impl FnMut(&T) -> bool + Clone + Send + Sync + 'static,
+    ) -> DataStream<T> {
+        let name = self.next_name("filter");
+        self.add_op(name, Arc::new(FilterNode { f, _p: PhantomData }))
+    }
+
+    pub fn flat_map<O: Data>(
+        self,
+        f: impl FnMut(T, &mut Collector<'_, O>) + Clone + Send + Sync + 'static,
+    ) -> DataStream<O> {
+        let name = self.next_name("flat_map");
+        self.add_op(name, Arc::new(FlatMapNode { f, _p: PhantomData }))
+    }
+
+    /// A non-keyed process function with operator state.
+    pub fn process<O: Data, F: ProcessFunction<T, O> + Sync>(
+        self,
+        name: &str,
+        f: F,
+    ) -> DataStream<O> {
+        self.add_op(
+            name.to_string(),
+            Arc::new(ProcessNode { f, _p: PhantomData }),
+        )
+    }
+
+    pub fn sink<F: SinkFunction<T> + Sync>(self, name: &str, f: F) {
+        let _ = self.add_op::<()>(name.to_string(), Arc::new(SinkNode { f, _p: PhantomData }));
+    }
+
+    pub fn rebalance(mut self) -> Self {
+        self.partition = EdgeKind::Rebalance;
+        self
+    }
+
+    pub fn broadcast(mut self) -> Self {
+        self.partition = EdgeKind::Broadcast;
+        self
+    }
+
+    /// Merges streams of the same type.
+    pub fn union(mut self, other: DataStream<T>) -> Self {
+        self.producers.extend(other.producers);
+        self
+    }
+
+    /// Partitions by key: records with equal keys go to the same subtask.
+    pub fn key_by<K: Key>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self,
+            key_fn: Arc::new(f),
+        }
+    }
+}
+
+/// A stream partitioned by key; keyed state and timers are available downstream.
+pub struct KeyedStream<K, T> {
+    stream: DataStream<T>,
+    key_fn: KeyFn<T, K>,
+}
+
+impl<K: Key, T: Data> KeyedStream<K, T> {
+    pub fn process<O: Data, F: KeyedProcessFunction<K, T, O> + Sync>(
+        self,
+        name: &str,
+        f: F,
+    ) -> DataStream<O> {
+        let maxp = self.stream.max_parallelism;
+        let kf = self.key_fn.clone();
+        let kg: KeyGroupFn<T> = Arc::new(move |v: &T| key_group_for_key(&kf(v), maxp));
+        let edges = self.stream.edges(
+            EdgeKind::Hash,
+            Some(Arc::new(kg) as Arc<dyn Any + Send + Sync>),
+        );
+        let id = push_node(
+            &self.stream.g,
+            name.to_string(),
+            true,
+            edges,
+            Some(Arc::new(TypeOpsImpl::<T>(PhantomData))),
+            Arc::new(TypeOpsImpl::<O>(PhantomData)),
+            NodeKind::Operator(Arc::new(KeyedProcessNode {
+                f,
+                key_fn: self.key_fn,
+                _p: PhantomData,
+            })),
+        );
+        DataStream::new(self.stream.g.clone(), vec![id], maxp)
+    }
+}
+
+// ---- factories -------------------------------------------------------------
+
+struct SourceNode<T, S> {
+    source: S,
+    watermarks: Option<WatermarkStrategy<T>>,
+    _p: PhantomData<fn() -> T>,
+}
+
+impl<T: Data, S: SourceFunction<T> + Sync> SourceFactory for SourceNode<T, S> {
+    fn build_task(
+        &self,
+        out: Box<dyn Any>,
+        ctx: BuildCtx<'_>,
+    ) -> Result<Box<dyn TaskRunner>, TaskError> {
+        let head = downcast::<Out<T>>(out, "source output")?;
+        let restored = ctx.restored.is_some();
+        let r = ctx.restored.unwrap_or_default();
+        Ok(Box::new(SourceTask {
+            uid: ctx.uid.to_string(),
+            f: self.source.clone(),
+            head,
+            store: OperatorStateStore::new(ctx.uid, r.operator_states),
+            restored,
+            watermarks: self.watermarks.clone(),
+            subtask: ctx.subtask,
+            parallelism: ctx.parallelism,
+        }))
+    }
+}
+
+struct MapNode<F, T> {
+    f: F,
+    _p: PhantomData<fn(T)>,
+}
+
+impl<F, T, O> OperatorFactory for MapNode<F, T>
+where
+    F: FnMut(T) -> O + Clone + Send + Sync + 'static,
+    T: Data,
+    O: Data,
+{
+    fn build(&self, out: Box<dyn Any>, _ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let out = downcast::<Out<O>>(out, "map output")?;
+        let op: Out<T> = Box::new(MapOp {
+            f: self.f.clone(),
+            out,
+            _p: PhantomData,
+        });
+        Ok(Box::new(op))
+    }
+}
+
+struct FilterNode<F, T> {
+    f: F,
+    _p: PhantomData<fn(T)>,
+}
+
+impl<F, T> OperatorFactory for FilterNode<F, T>
+where
+    F: FnMut(&T) -> bool + Clone + Send + Sync + 'static,
+    T: Data,
+{
+    fn build(&self, out: Box<dyn Any>, _ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let out = downcast::<Out<T>>(out, "filter output")?;
+        let op: Out<T> = Box::new(FilterOp {
+            f: self.f.clone(),
+            out,
+        });
+        Ok(Box::new(op))
+    }
+}
+
+struct FlatMapNode<F, T, O> {
+    f: F,
+    _p: PhantomData<fn(T) -> O>,
+}
+
+impl<F, T, O> OperatorFactory for FlatMapNode<F, T, O>
+where
+    F: FnMut(T, &mut Collector<'_, O>) + Clone + Send + Sync + 'static,
+    T: Data,
+    O: Data,
+{
+    fn build(&self, out: Box<dyn Any>, _ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let out = downcast::<Out<O>>(out, "flat_map output")?;
+        let op: Out<T> = Box::new(FlatMapOp {
+            f: self.f.clone(),
+            out,
+            _p: PhantomData,
+        });
+        Ok(Box::new(op))
+    }
+}
+
+struct ProcessNode<F, T, O> {
+    f: F,
+    _p: PhantomData<fn(T) -> O>,
+}
+
+impl<F, T, O> OperatorFactory for ProcessNode<F, T, O>
+where
+    F: ProcessFunction<T, O> + Sync,
+    T: Data,
+    O: Data,
+{
+    fn build(&self, out: Box<dyn Any>, ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let out = downcast::<Out<O>>(out, "process output")?;
+        let restored = ctx.restored.is_some();
+        let r = ctx.restored.unwrap_or_default();
+        let op: Out<T> = Box::new(ProcessOp::open(
+            ctx.uid,
+            self.f.clone(),
+            out,
+            OperatorStateStore::new(ctx.uid, r.operator_states),
+            restored,
+            ctx.subtask,
+            ctx.parallelism,
+        )?);
+        Ok(Box::new(op))
+    }
+}
+
+struct KeyedProcessNode<F, K, T, O> {
+    f: F,
+    key_fn: KeyFn<T, K>,
+    _p: PhantomData<fn(K, T) -> O>,
+}
+
+impl<F, K, T, O> OperatorFactory for KeyedProcessNode<F, K, T, O>
+where
+    F: KeyedProcessFunction<K, T, O> + Sync,
+    K: Key,
+    T: Data,
+    O: Data,
+{
+    fn build(&self, out: Box<dyn Any>, ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let out = downcast::<Out<O>>(out, "keyed process output")?;
+        let restored = ctx.restored.is_some();
+        let r = ctx.restored.unwrap_or_default();
+        let maxp = ctx.config.max_parallelism;
+        let range = crate::keygroup::range_for_subtask(maxp, ctx.parallelism, ctx.subtask);
+        let backend = KeyedBackend::<K>::new(
+            ctx.uid,
+            ctx.config.clock.clone(),
+            maxp,
+            range,
+            r.key_groups.clone(),
+            r.keyed_metas,
+        );
+        let op: Out<T> = Box::new(KeyedProcessOp::open(
+            ctx.uid,
+            self.f.clone(),
+            out,
+            self.key_fn.clone(),
+            backend,
+            OperatorStateStore::new(ctx.uid, r.operator_states),
+            &r.key_groups,
+            restored,
+            ctx.subtask,
+            ctx.parallelism,
+            maxp,
+        )?);
+        Ok(Box::new(op))
+    }
+}
+
+struct SinkNode<F, T> {
+    f: F,
+    _p: PhantomData<fn(T)>,
+}
+
+impl<F, T> OperatorFactory for SinkNode<F, T>
+where
+    F: SinkFunction<T> + Sync,
+    T: Data,
+{
+    fn build(&self, _out: Box<dyn Any>, ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
+        let restored = ctx.restored.is_some();
+        let r = ctx.restored.unwrap_or_default();
+        let op: Out<T> = Box::new(SinkOp::open(
+            ctx.uid,
+            self.f.clone(),
+            OperatorStateStore::new(ctx.uid, r.operator_states),
+            restored,
+            ctx.subtask,
+            ctx.parallelism,
+        )?);
+        Ok(Box::new(op))
+    }
+}
