@@ -16,6 +16,7 @@ pub mod functions;
 pub mod graph;
 pub mod keygroup;
 pub mod restart;
+pub mod seeds;
 pub mod sinks;
 pub mod sources;
 pub mod state;
