@@ -458,14 +458,19 @@ impl Master {
         };
         let end = self.supervise(&mut run);
         self.teardown(&mut run);
-        for (_, p) in std::mem::take(&mut run.pending) {
+        // Once the uploader has drained, nothing writes into pending snapshot
+        // directories any more: discard them, they can never complete.
+        let _ = uploader.join();
+        for (id, p) in std::mem::take(&mut run.pending) {
+            if let Err(e) = p.target.storage.delete_dir(&p.target.dir) {
+                tracing::warn!(id, error = %e, "could not discard an incomplete snapshot");
+            }
             if let Some(r) = p.reply {
                 let _ = r.send(Err(JobError::Rejected(
                     "the attempt ended before the savepoint completed".into(),
                 )));
             }
         }
-        let _ = uploader.join();
         end
     }
 
