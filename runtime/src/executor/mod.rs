@@ -485,7 +485,12 @@ impl Master {
                 .filter(|p| p.kind == SnapshotKind::Checkpoint)
                 .count();
             let mut wait = Duration::from_millis(500);
+            let stop_pending = run
+                .pending
+                .values()
+                .any(|p| matches!(p.kind, SnapshotKind::StopSavepoint { .. }));
             if !run.final_triggered
+                && !stop_pending
                 && run.stopping.is_none()
                 && run.sources_finished < run.d.source_subtasks
             {
@@ -581,7 +586,11 @@ impl Master {
                     }
                 }
                 MasterMsg::Savepoint { dir, kind, reply } => {
-                    if run.stopping.is_some() || run.final_triggered {
+                    let stop_pending = run
+                        .pending
+                        .values()
+                        .any(|p| matches!(p.kind, SnapshotKind::StopSavepoint { .. }));
+                    if run.stopping.is_some() || run.final_triggered || stop_pending {
                         let _ = reply.send(Err(JobError::Rejected("the job is finishing".into())));
                         continue;
                     }
