@@ -848,7 +848,11 @@ impl Master {
             .map(|(pid, _)| *pid)
             .collect();
         for o in older {
-            run.pending.remove(&o);
+            if let Some(op) = run.pending.remove(&o) {
+                // Its tasks may still be writing; a late file under a deleted
+                // directory is harmless because without `_metadata` it is never read.
+                let _ = op.target.storage.delete_dir(&op.target.dir);
+            }
         }
         let info = SavepointInfo {
             checkpoint_id: id,

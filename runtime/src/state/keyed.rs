@@ -971,3 +971,284 @@ impl<In: 'static, Acc: StateValue, Out: 'static> AggregatingState<In, Acc, Out> 
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::{Clock, ManualClock};
+    use crate::state::ttl::{UpdateType, Visibility};
+
+    struct Ctx<'a> {
+        b: &'a mut KeyedBackend<u64>,
+        k: u64,
+    }
+    impl KeyedStateAccess<u64> for Ctx<'_> {
+        fn keyed_parts(&mut self) -> (&mut KeyedBackend<u64>, &u64) {
+            (self.b, &self.k)
+        }
+    }
+
+    fn backend(clock: Clock) -> KeyedBackend<u64> {
+        KeyedBackend::new("op", clock, 128, KeyGroupRange::new(0, 127), vec![], vec![])
+    }
+
+    fn ttl(update: UpdateType, vis: Visibility) -> TtlConfig {
+        TtlConfig::new(Duration::from_millis(100))
+            .update_type(update)
+            .visibility(vis)
+    }
+
+    #[test]
+    fn value_ttl_every_configuration() {
+        for update in [UpdateType::OnCreateAndWrite, UpdateType::OnReadAndWrite] {
+            for vis in [
+                Visibility::NeverReturnExpired,
+                Visibility::ReturnExpiredIfNotCleanedUp,
+            ] {
+                let (clock, t) = Clock::manual(1_000);
+                let mut b = backend(clock);
+                let d = ValueStateDescriptor::<u64>::new("v").with_ttl(ttl(update, vis));
+                let s = ValueState::register(&mut b, &d).unwrap();
+                let mut c = Ctx { b: &mut b, k: 7 };
+                s.update(&mut c, 1).unwrap();
+                t.set(1_090);
+                assert_eq!(s.value(&mut c).unwrap(), Some(1), "live before ttl");
+                // A read at 1090 refreshes only with OnReadAndWrite.
+                t.set(1_150);
+                let read = s.value(&mut c).unwrap();
+                match update {
+                    UpdateType::OnReadAndWrite => {
+                        assert_eq!(read, Some(1), "read refreshed the timestamp")
+                    }
+                    UpdateType::OnCreateAndWrite => match vis {
+                        Visibility::NeverReturnExpired => assert_eq!(read, None),
+                        Visibility::ReturnExpiredIfNotCleanedUp => {
+                            assert_eq!(read, Some(1), "expired but not yet cleaned up")
+                        }
+                    },
+                }
+                // Expired values are cleaned up on read: a second read never sees them.
+                t.set(10_000);
+                let first = s.value(&mut c).unwrap();
+                assert_eq!(
+                    first,
+                    if vis == Visibility::ReturnExpiredIfNotCleanedUp
+                        && update == UpdateType::OnReadAndWrite
+                    {
+                        Some(1)
+                    } else {
+                        None
+                    }
+                );
+                assert_eq!(s.value(&mut c).unwrap(), None, "cleaned up on read");
+                assert_eq!(c.b.entries("v"), 0);
+                // Writing refreshes under both update types.
+                s.update(&mut c, 2).unwrap();
+                t.set(10_099);
+                assert_eq!(s.value(&mut c).unwrap(), Some(2));
+            }
+        }
+    }
+
+    #[test]
+    fn list_and_map_ttl_is_per_element() {
+        let (clock, t) = Clock::manual(0);
+        let mut b = backend(clock);
+        let cfg = ttl(UpdateType::OnCreateAndWrite, Visibility::NeverReturnExpired);
+        let l = ListState::register(&mut b, &ListStateDescriptor::<u32>::new("l").with_ttl(cfg))
+            .unwrap();
+        let m = MapState::register(
+            &mut b,
+            &MapStateDescriptor::<u32, u32>::new("m").with_ttl(cfg),
+        )
+        .unwrap();
+        let mut c = Ctx { b: &mut b, k: 1 };
+        l.add(&mut c, 1).unwrap();
+        m.put(&mut c, 1, 10).unwrap();
+        t.set(60);
+        l.add(&mut c, 2).unwrap();
+        m.put(&mut c, 2, 20).unwrap();
+        t.set(120);
+        assert_eq!(l.get(&mut c).unwrap(), vec![2]);
+        assert_eq!(m.get(&mut c, &1).unwrap(), None);
+        assert_eq!(m.entries(&mut c).unwrap(), vec![(2, 20)]);
+        t.set(200);
+        assert!(l.get(&mut c).unwrap().is_empty());
+        assert_eq!(c.b.entries("l"), 0, "an emptied list is removed");
+    }
+
+    #[test]
+    fn reducing_and_aggregating_start_afresh_after_expiry() {
+        struct Avg;
+        impl AggregateFunction<u64, (u64, u64), f64> for Avg {
+            fn create_accumulator(&self) -> (u64, u64) {
+                (0, 0)
+            }
+            fn add(&self, v: u64, acc: &mut (u64, u64)) {
+                acc.0 += 1;
+                acc.1 += v;
+            }
+            fn get_result(&self, acc: &(u64, u64)) -> f64 {
+                acc.1 as f64 / acc.0 as f64
+            }
+        }
+        let (clock, t) = Clock::manual(0);
+        let mut b = backend(clock);
+        let cfg = ttl(UpdateType::OnCreateAndWrite, Visibility::NeverReturnExpired);
+        let r = ReducingState::register(
+            &mut b,
+            &ReducingStateDescriptor::new("sum", |a: &u64, b: &u64| a + b).with_ttl(cfg),
+        )
+        .unwrap();
+        let a = AggregatingState::register(
+            &mut b,
+            &AggregatingStateDescriptor::new("avg", Avg).with_ttl(cfg),
+        )
+        .unwrap();
+        let mut c = Ctx { b: &mut b, k: 3 };
+        for v in [2, 4] {
+            r.add(&mut c, v).unwrap();
+            a.add(&mut c, v).unwrap();
+        }
+        assert_eq!(r.get(&mut c).unwrap(), Some(6));
+        assert_eq!(a.get(&mut c).unwrap(), Some(3.0));
+        t.set(500);
+        r.add(&mut c, 10).unwrap();
+        a.add(&mut c, 10).unwrap();
+        assert_eq!(
+            r.get(&mut c).unwrap(),
+            Some(10),
+            "expired sum is not folded into"
+        );
+        assert_eq!(a.get(&mut c).unwrap(), Some(10.0));
+    }
+
+    fn snapshot_groups(b: &KeyedBackend<u64>) -> (Vec<KeyGroupData>, Vec<KeyedStateMeta>) {
+        let mut out = BTreeMap::new();
+        let (metas, _) = b.snapshot(&mut out).unwrap();
+        (out.into_values().collect(), metas)
+    }
+
+    #[test]
+    fn full_snapshot_cleanup_drops_expired_entries_only_when_enabled() {
+        for cleanup in [false, true] {
+            let (clock, t): (Clock, ManualClock) = Clock::manual(0);
+            let mut b = backend(clock.clone());
+            let mut cfg = ttl(
+                UpdateType::OnCreateAndWrite,
+                Visibility::ReturnExpiredIfNotCleanedUp,
+            );
+            if cleanup {
+                cfg = cfg.cleanup_full_snapshot();
+            }
+            let s =
+                ValueState::register(&mut b, &ValueStateDescriptor::<u64>::new("v").with_ttl(cfg))
+                    .unwrap();
+            for k in 0..10 {
+                s.update(&mut Ctx { b: &mut b, k }, k).unwrap();
+            }
+            t.set(50);
+            for k in 10..20 {
+                s.update(&mut Ctx { b: &mut b, k }, k).unwrap();
+            }
+            t.set(120); // keys 0..10 expired, 10..20 live
+            let (groups, metas) = snapshot_groups(&b);
+            let n: usize = groups
+                .iter()
+                .flat_map(|g| &g.tables)
+                .map(|t| t.entries.len())
+                .sum();
+            assert_eq!(n, if cleanup { 10 } else { 20 });
+            let mut r = KeyedBackend::<u64>::new(
+                "op",
+                clock.clone(),
+                128,
+                KeyGroupRange::new(0, 127),
+                groups,
+                metas,
+            );
+            let s2 =
+                ValueState::register(&mut r, &ValueStateDescriptor::<u64>::new("v").with_ttl(cfg))
+                    .unwrap();
+            let expired_read = s2.value(&mut Ctx { b: &mut r, k: 3 }).unwrap();
+            assert_eq!(
+                expired_read,
+                if cleanup { None } else { Some(3) },
+                "ReturnExpiredIfNotCleanedUp sees it only if not cleaned"
+            );
+            assert_eq!(s2.value(&mut Ctx { b: &mut r, k: 15 }).unwrap(), Some(15));
+        }
+    }
+
+    #[test]
+    fn restore_with_mismatched_ttl_fails_clearly() {
+        let (clock, _t) = Clock::manual(0);
+        let mut b = backend(clock.clone());
+        let s = ValueState::register(&mut b, &ValueStateDescriptor::<u64>::new("v")).unwrap();
+        s.update(&mut Ctx { b: &mut b, k: 1 }, 5).unwrap();
+        let (groups, metas) = snapshot_groups(&b);
+        let mut r = KeyedBackend::<u64>::new(
+            "op",
+            clock.clone(),
+            128,
+            KeyGroupRange::new(0, 127),
+            groups.clone(),
+            metas.clone(),
+        );
+        let cfg = ttl(UpdateType::OnCreateAndWrite, Visibility::NeverReturnExpired);
+        let err =
+            ValueState::register(&mut r, &ValueStateDescriptor::<u64>::new("v").with_ttl(cfg))
+                .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("written without TTL but the job now enables TTL"),
+            "{err}"
+        );
+        assert!(r.incompatible.is_some());
+        // The other direction too.
+        let mut w = backend(clock.clone());
+        let s = ValueState::register(&mut w, &ValueStateDescriptor::<u64>::new("v").with_ttl(cfg))
+            .unwrap();
+        s.update(&mut Ctx { b: &mut w, k: 1 }, 5).unwrap();
+        let (g2, m2) = snapshot_groups(&w);
+        let mut r2 =
+            KeyedBackend::<u64>::new("op", clock.clone(), 128, KeyGroupRange::new(0, 127), g2, m2);
+        let err =
+            ValueState::register(&mut r2, &ValueStateDescriptor::<u64>::new("v")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("written with TTL but the job now disables TTL"),
+            "{err}"
+        );
+        // A kind change is refused as well.
+        let mut r3 =
+            KeyedBackend::<u64>::new("op", clock, 128, KeyGroupRange::new(0, 127), groups, metas);
+        let err = ListState::register(&mut r3, &ListStateDescriptor::<u64>::new("v")).unwrap_err();
+        assert!(
+            err.to_string().contains("was written as value state"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unregistered_restored_state_is_carried_into_the_next_snapshot() {
+        let (clock, _t) = Clock::manual(0);
+        let mut b = backend(clock.clone());
+        let s = ValueState::register(&mut b, &ValueStateDescriptor::<u64>::new("old")).unwrap();
+        s.update(&mut Ctx { b: &mut b, k: 1 }, 5).unwrap();
+        let (groups, metas) = snapshot_groups(&b);
+        let r = KeyedBackend::<u64>::new(
+            "op",
+            clock,
+            128,
+            KeyGroupRange::new(0, 127),
+            groups.clone(),
+            metas.clone(),
+        );
+        let (g2, m2) = snapshot_groups(&r);
+        assert_eq!(g2, groups);
+        assert_eq!(m2, metas);
+    }
+}
