@@ -118,7 +118,7 @@ pub fn list_checkpoints(dir_uri: &str) -> Result<Vec<(u64, String)>, SnapshotErr
                 .map(|id| (id, storage::join(dir_uri, &n)))
         })
         .collect();
-    ids.sort_by(|a, b| b.0.cmp(&a.0));
+    ids.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
     Ok(ids)
 }
 

@@ -26,10 +26,11 @@ pub(crate) struct TaskHandle {
     pub join: Option<JoinHandle<()>>,
 }
 
+/// (task index, subtask, task name, head operator, is source, runner).
+type Runner = (usize, u32, String, String, bool, Box<dyn TaskRunner>);
+
 pub(crate) struct Deployed {
     pub tasks: Vec<TaskHandle>,
-    /// (task index, subtask) → position in `tasks`.
-    pub index: HashMap<(usize, u32), usize>,
     pub source_subtasks: usize,
     /// Parallelism per operator uid (for metadata).
     pub parallelism: HashMap<String, u32>,
@@ -137,7 +138,7 @@ pub(crate) fn deploy(
         (CheckpointMode::ExactlyOnce, false) => AlignMode::Aligned,
         (CheckpointMode::AtLeastOnce, false) => AlignMode::AtLeastOnce,
     };
-    let mut runners: Vec<(usize, u32, String, String, bool, Box<dyn TaskRunner>)> = Vec::new();
+    let mut runners: Vec<Runner> = Vec::new();
     let mut parallelism = HashMap::new();
     for n in nodes {
         parallelism.insert(n.uid.clone(), par[n.id]);
@@ -248,7 +249,6 @@ pub(crate) fn deploy(
         }
     }
     let mut tasks = Vec::new();
-    let mut index = HashMap::new();
     let mut source_subtasks = 0;
     for (ti, s, name, head_uid, is_source, runner) in runners {
         let (ctx, crx) = unbounded();
@@ -288,7 +288,6 @@ pub(crate) fn deploy(
         if is_source {
             source_subtasks += 1;
         }
-        index.insert((ti, s), tasks.len());
         tasks.push(TaskHandle {
             name,
             control: ctx,
@@ -298,7 +297,6 @@ pub(crate) fn deploy(
     }
     Ok(Deployed {
         tasks,
-        index,
         source_subtasks,
         parallelism,
     })

@@ -936,8 +936,10 @@ impl Master {
                 }
                 Ok(_) => {}
                 Err(_) => {
+                    let names: Vec<&str> = run.d.tasks.iter().map(|t| t.name.as_str()).collect();
                     tracing::error!(
                         remaining = total - run.exited,
+                        tasks = ?names,
                         "tasks did not stop within 30 s; abandoning their threads"
                     );
                     return;
@@ -949,8 +951,6 @@ impl Master {
                 let _ = j.join();
             }
         }
-        let _ = &run.d.index;
-        let _ = run.d.tasks.iter().map(|t| &t.name).count();
     }
 }
 

@@ -480,11 +480,13 @@ impl<UK, UV> MapStateDescriptor<UK, UV> {
     }
 }
 
+type ReduceFn<V> = std::sync::Arc<dyn Fn(&V, &V) -> V + Send + Sync>;
+
 /// Describes a [`ReducingState`]: values are combined with `reduce` as they are added.
 pub struct ReducingStateDescriptor<V> {
     pub name: String,
     pub ttl: Option<TtlConfig>,
-    reduce: std::sync::Arc<dyn Fn(&V, &V) -> V + Send + Sync>,
+    reduce: ReduceFn<V>,
 }
 impl<V> Clone for ReducingStateDescriptor<V> {
     fn clone(&self) -> Self {
@@ -854,7 +856,7 @@ impl<UK: Key, UV: StateValue> MapState<UK, UV> {
 pub struct ReducingState<V> {
     id: usize,
     ttl: Option<TtlConfig>,
-    reduce: std::sync::Arc<dyn Fn(&V, &V) -> V + Send + Sync>,
+    reduce: ReduceFn<V>,
 }
 impl<V> Clone for ReducingState<V> {
     fn clone(&self) -> Self {

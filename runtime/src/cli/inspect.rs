@@ -1,0 +1,152 @@
+//! `runnel inspect`: prints a checkpoint or savepoint and verifies its state
+//! files.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Args;
+use runnel_runtime::checkpoint::format::SnapshotMetadata;
+use runnel_runtime::checkpoint::{self, format::METADATA_FILE};
+
+use super::{file_uri, human_bytes};
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// A checkpoint (`.../chk-N`) or savepoint directory: a file:// URI or a path.
+    path: String,
+    /// Print the snapshot's metadata as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Turns the argument into a snapshot URI, with a clear error if it does not
+/// point at a snapshot.
+fn resolve(arg: &str) -> anyhow::Result<String> {
+    if arg.is_empty() {
+        bail!("the snapshot path is empty");
+    }
+    let path: PathBuf = match arg.strip_prefix("file://") {
+        Some(rest) if rest.starts_with('/') => PathBuf::from(rest),
+        Some(_) => bail!("'{arg}' is not a valid file:// URI (expected file:///absolute/path)"),
+        None if arg.contains("://") => {
+            bail!("unsupported URI '{arg}': only file:// URIs and local paths are supported")
+        }
+        None => PathBuf::from(arg),
+    };
+    let path = path
+        .canonicalize()
+        .with_context(|| format!("cannot open snapshot '{arg}'"))?;
+    // Accept the `_metadata` file itself.
+    let dir = if path.is_file() && path.file_name().is_some_and(|n| n == METADATA_FILE) {
+        path.parent().map(Path::to_path_buf).unwrap_or(path)
+    } else {
+        path
+    };
+    if !dir.is_dir() {
+        bail!(
+            "'{arg}' is not a snapshot directory (expected a chk-N or savepoint directory \
+             containing {METADATA_FILE})"
+        );
+    }
+    if !dir.join(METADATA_FILE).exists() {
+        let uri = file_uri(&dir)?;
+        let found = checkpoint::list_checkpoints(&uri).unwrap_or_default();
+        if let Some((_, newest)) = found.first() {
+            bail!(
+                "'{arg}' has no {METADATA_FILE}: it looks like a checkpoint directory holding {} \
+                 checkpoint(s); inspect one of them, e.g. `runnel inspect {newest}`",
+                found.len()
+            );
+        }
+        bail!(
+            "'{arg}' has no {METADATA_FILE}: not a snapshot, or an incomplete one (its metadata \
+             is written last)"
+        );
+    }
+    file_uri(&dir)
+}
+
+pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
+    let uri = resolve(&args.path)?;
+    let md = checkpoint::read_metadata(&uri).with_context(|| format!("cannot read {uri}"))?;
+    let verified = checkpoint::load_snapshot(&uri).map(|_| ());
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&md)?);
+    } else {
+        print_human(&uri, &md);
+        match &verified {
+            Ok(()) => {
+                let files: usize = md.operators.iter().map(|o| o.subtasks.len()).sum();
+                println!("state files: verified ({files} files, sizes and checksums match)");
+            }
+            Err(e) => println!("state files: verification FAILED: {e}"),
+        }
+    }
+    match verified {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("snapshot {uri} is corrupt"))),
+    }
+}
+
+fn print_human(uri: &str, md: &SnapshotMetadata) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let total: u64 = md
+        .operators
+        .iter()
+        .flat_map(|o| o.subtasks.iter())
+        .map(|s| s.size)
+        .sum();
+    println!("snapshot:        {uri}");
+    println!("format:          {} v{}", md.format, md.version);
+    println!("kind:            {}", md.kind);
+    println!("id:              {}", md.checkpoint_id);
+    println!("job:             {}", md.job_name);
+    println!(
+        "created:         {} ms since the epoch ({:.1} s ago)",
+        md.created_ms,
+        (now - md.created_ms) as f64 / 1e3
+    );
+    println!("max parallelism: {}", md.max_parallelism);
+    println!(
+        "operators:       {} ({} of state files)",
+        md.operators.len(),
+        human_bytes(total)
+    );
+    for op in &md.operators {
+        println!();
+        println!("operator '{}' (parallelism {})", op.uid, op.parallelism);
+        if op.keyed_states.is_empty() {
+            println!("  keyed state:   none");
+        }
+        for ks in &op.keyed_states {
+            let ttl = match &ks.ttl {
+                None => "no ttl".to_string(),
+                Some(t) => format!(
+                    "ttl {} ms (update {}, visibility {})",
+                    t.ttl_ms, t.update_type, t.visibility
+                ),
+            };
+            println!("  keyed state:   '{}' ({}, {ttl})", ks.name, ks.kind);
+        }
+        for s in &op.subtasks {
+            let kg = s
+                .key_groups
+                .map_or_else(|| "-".to_string(), |r| format!("{}..={}", r.start, r.end));
+            println!(
+                "  subtask {}: key groups {kg}, file {}, {} ({} B), {} keyed entries, \
+                 {} operator state items, {} in-flight records",
+                s.index,
+                s.file,
+                human_bytes(s.size),
+                s.size,
+                s.keyed_entries,
+                s.operator_state_items,
+                s.in_flight_records
+            );
+        }
+    }
+    println!();
+}
