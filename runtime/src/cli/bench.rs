@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Checkpoint interval of the runs with checkpointing on.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     checkpoint_interval_ms: u64,
+    /// Runs of each configuration; the run with the median throughput is
+    /// reported, with the range across runs.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=50))]
+    repeat: u32,
     /// Print machine-readable JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -64,6 +68,13 @@ pub struct RunResult {
     pub peak_rss_bytes: Option<u64>,
     /// From the `execute_async` call to the first record in the keyed function.
     pub first_record_ms: Option<f64>,
+    /// With `--repeat`: how many runs, and the throughput range across them.
+    #[serde(default)]
+    pub runs: u32,
+    #[serde(default)]
+    pub events_per_s_min: f64,
+    #[serde(default)]
+    pub events_per_s_max: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -255,6 +266,9 @@ fn run_single(
         first_record_ms: first
             .get()
             .map(|t| t.saturating_duration_since(t0).as_secs_f64() * 1e3),
+        runs: 1,
+        events_per_s_min: events as f64 / wall,
+        events_per_s_max: events as f64 / wall,
     };
     if checkpointing && let Err(e) = std::fs::remove_dir_all(&ckpt_dir) {
         tracing::warn!(dir = %ckpt_dir.display(), error = %e, "could not remove the checkpoint directory");
@@ -310,7 +324,20 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                     args.keys
                 );
             }
-            runs.push(run_child(p, on, &args)?);
+            let mut reps = Vec::new();
+            for _ in 0..args.repeat {
+                reps.push(run_child(p, on, &args)?);
+            }
+            reps.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+            let (min, max) = match (reps.first(), reps.last()) {
+                (Some(a), Some(b)) => (a.events_per_s, b.events_per_s),
+                _ => bail!("no benchmark run completed"),
+            };
+            let mut median = reps.swap_remove(reps.len() / 2);
+            median.runs = args.repeat;
+            median.events_per_s_min = min;
+            median.events_per_s_max = max;
+            runs.push(median);
         }
     }
     let overhead: Vec<Overhead> = parallelisms
@@ -345,8 +372,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "keyed count+sum: {} keys, {} events per run, heap state, checkpoint interval {} ms, \
-             {cores} cores\n",
-            args.keys, args.events, args.checkpoint_interval_ms
+             {cores} cores, median of {} run(s) per configuration\n",
+            args.keys, args.events, args.checkpoint_interval_ms, args.repeat
         );
         print_tables(&runs, &overhead);
     }
@@ -359,17 +386,20 @@ fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
 
 fn print_tables(runs: &[RunResult], overhead: &[Overhead]) {
     println!(
-        "| p | checkpoints | wall s | events/s | CPU s | CPU s / M events | events/s per core \
+        "| p | checkpoints | wall s | events/s | events/s range (runs) | CPU s | CPU s / M events | events/s per core \
          | completed | mean ckpt ms | mean ckpt size | keys in last ckpt | peak RSS | first record ms |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in runs {
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.2} | {:.3} | {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {:.2} | {:.0} | {:.0}-{:.0} ({}) | {:.2} | {:.3} | {:.0} | {} | {} | {} | {} | {} | {} |",
             r.parallelism,
             if r.checkpointing { "on" } else { "off" },
             r.wall_s,
             r.events_per_s,
+            r.events_per_s_min,
+            r.events_per_s_max,
+            r.runs,
             r.cpu_s,
             r.cpu_s_per_million_events,
             r.events_per_cpu_s,
