@@ -65,10 +65,18 @@ fn buffering_sink_gets_its_buffered_elements_back_after_a_failure() {
     let env = StreamEnv::new(cfg);
     let sink = BufferingSink::new(3);
     let (flushed, restored) = (sink.flushed.clone(), sink.restored.clone());
-    let n = 30_000u64; // a multiple of the threshold: everything gets flushed
-    env.add_source("counter", CounterSource::new(n))
-        .map(|v: u64| v.to_string())
-        .sink("buffering-sink", sink);
+    // A multiple of the threshold, so everything gets flushed; rate-limited so
+    // the job spans a few hundred checkpoints and one of them catches a
+    // non-empty buffer (each does with probability 2/3).
+    let n = 6_000u64;
+    env.add_source(
+        "counter",
+        runnel_runtime::sources::GeneratorSource::new(|i| i)
+            .count(n)
+            .rate(6_000.0),
+    )
+    .map(|v: u64| v.to_string())
+    .sink("buffering-sink", sink);
     assert_eq!(env.execute().unwrap(), JobOutcome::Finished);
     let cp = lock(&failed_after).expect("a checkpoint with buffered elements was taken");
     // What was restored is exactly what the checkpoint holds.
