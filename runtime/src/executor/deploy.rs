@@ -165,6 +165,9 @@ pub(crate) fn deploy(
             let task_name = format!("{chain_name} ({}/{p})", s + 1);
             let mut built: HashMap<usize, Box<dyn Any>> = HashMap::new();
             let mut source_task = None;
+            // The head's in-flight records, split off its restored state so
+            // that state is assigned (and copied) once.
+            let mut head_in_flight = None;
             for &m in members.iter().rev() {
                 let node = &nodes[m];
                 let mut outs = Vec::new();
@@ -189,13 +192,20 @@ pub(crate) fn deploy(
                     }
                 }
                 let out = node.out_ops.fanout(outs)?;
-                let restored = restored_for(snap, &node.uid, par[m], s, cfg, node.keyed);
+                let restored = restored_for(snap, &node.uid, par[m], s, cfg, node.keyed).map(
+                    |(mut r, how)| {
+                        if m == head {
+                            head_in_flight = Some((std::mem::take(&mut r.in_flight), how));
+                        }
+                        r
+                    },
+                );
                 let ctx = BuildCtx {
                     uid: &node.uid,
                     subtask: s,
                     parallelism: par[m],
                     config: cfg,
-                    restored: restored.map(|(r, _)| r),
+                    restored,
                 };
                 let built_one = catch_unwind(AssertUnwindSafe(|| match &node.kind {
                     NodeKind::Source(f) => f.build_task(out, ctx).map(Err),
@@ -223,18 +233,17 @@ pub(crate) fn deploy(
                         })?;
                         readers.push(nodes[e.from].out_ops.readers(ch, s as usize)?);
                     }
-                    let (in_flight, filter) =
-                        match restored_for(snap, &node.uid, par[head], s, cfg, node.keyed) {
-                            Some((r, InFlightAssignment::FilterByKeyGroup)) => (
-                                r.in_flight,
-                                node.inputs
-                                    .first()
-                                    .and_then(|e| e.key_group_fn.clone())
-                                    .map(|f| (f, range_for_subtask(cfg.max_parallelism, p, s))),
-                            ),
-                            Some((r, _)) => (r.in_flight, None),
-                            None => (Vec::new(), None),
-                        };
+                    let (in_flight, filter) = match head_in_flight.take() {
+                        Some((records, InFlightAssignment::FilterByKeyGroup)) => (
+                            records,
+                            node.inputs
+                                .first()
+                                .and_then(|e| e.key_group_fn.clone())
+                                .map(|f| (f, range_for_subtask(cfg.max_parallelism, p, s))),
+                        ),
+                        Some((records, _)) => (records, None),
+                        None => (Vec::new(), None),
+                    };
                     let in_ops = node.in_ops.as_ref().ok_or_else(|| {
                         TaskError::Internal(format!("operator {} has no input type", node.uid))
                     })?;

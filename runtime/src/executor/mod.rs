@@ -612,15 +612,16 @@ impl Master {
         }
         let deadline = Instant::now() + Duration::from_millis(200);
         while let Ok(m) = self.rx.recv_deadline(deadline) {
-            if let MasterMsg::TaskExited { attempt, result } = m
-                && attempt == run.attempt
-            {
-                run.exited += 1;
-                if let Err(e2) = result
-                    && !matches!(e2, TaskError::Cancelled)
-                {
-                    return e2;
+            match m {
+                MasterMsg::TaskExited { attempt, result } if attempt == run.attempt => {
+                    run.exited += 1;
+                    if let Err(e2) = result
+                        && !matches!(e2, TaskError::Cancelled)
+                    {
+                        return e2;
+                    }
                 }
+                other => self.defer(other),
             }
         }
         e
@@ -833,10 +834,10 @@ impl Master {
         if let Some(end) = fault(FaultPoint::AfterMetadata { checkpoint_id: id }) {
             // The checkpoint is complete on storage even though nobody was told:
             // recovery must use it.
-            self.record_completed(run, id, &p.target, p.kind, p.started, size);
+            self.record_completed(id, &p.target, p.kind, p.started, size);
             return Some(end);
         }
-        self.record_completed(run, id, &p.target, p.kind, p.started, size);
+        self.record_completed(id, &p.target, p.kind, p.started, size);
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Notify(Notification::Complete(id)));
         }
@@ -876,7 +877,6 @@ impl Master {
 
     fn record_completed(
         &mut self,
-        _run: &AttemptRun,
         id: u64,
         target: &SnapshotTarget,
         kind: SnapshotKind,
@@ -916,6 +916,21 @@ impl Master {
         self.set_status(|s| s.completed = completed);
     }
 
+    /// Handles a message that arrives while an attempt is ending: client
+    /// requests must not be lost (a cancel is re-queued for the restart loop,
+    /// a savepoint request is answered), attempt messages are stale.
+    fn defer(&self, m: MasterMsg) {
+        match m {
+            MasterMsg::Savepoint { reply, .. } => {
+                let _ = reply.send(Err(JobError::Rejected("the job is restarting".into())));
+            }
+            MasterMsg::Cancel => {
+                let _ = self.tx.send(MasterMsg::Cancel);
+            }
+            _ => {}
+        }
+    }
+
     fn teardown(&self, run: &mut AttemptRun) {
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Cancel);
@@ -927,14 +942,7 @@ impl Master {
                 Ok(MasterMsg::TaskExited { attempt, .. }) if attempt == run.attempt => {
                     run.exited += 1
                 }
-                Ok(MasterMsg::Savepoint { reply, .. }) => {
-                    let _ = reply.send(Err(JobError::Rejected("the job is restarting".into())));
-                }
-                Ok(MasterMsg::Cancel) => {
-                    // Re-queue so the restart loop sees it.
-                    let _ = self.tx.send(MasterMsg::Cancel);
-                }
-                Ok(_) => {}
+                Ok(m) => self.defer(m),
                 Err(_) => {
                     let names: Vec<&str> = run.d.tasks.iter().map(|t| t.name.as_str()).collect();
                     tracing::error!(
