@@ -2,6 +2,7 @@
 //! engine hands to it. Functions are `Clone`: the engine clones a fresh instance
 //! per subtask and per attempt, as Flink deserializes a fresh function object.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -9,6 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{FnResult, TaskError, UserError};
 use crate::event::{SnapshotKind, StreamRecord};
+use crate::metrics::JobMetrics;
 use crate::state::keyed::{
     AggregatingState, AggregatingStateDescriptor, Key, KeyedBackend, KeyedStateAccess, ListState,
     ListStateDescriptor, MapState, MapStateDescriptor, ReducingState, ReducingStateDescriptor,
@@ -32,6 +34,7 @@ pub struct InitContext<'a, K = ()> {
     pub(crate) subtask: u32,
     pub(crate) parallelism: u32,
     pub(crate) operator: &'a str,
+    pub(crate) metrics: &'a Arc<JobMetrics>,
 }
 
 impl<K> InitContext<'_, K> {
@@ -47,6 +50,10 @@ impl<K> InitContext<'_, K> {
     }
     pub fn operator_name(&self) -> &str {
         self.operator
+    }
+    /// The job's metrics, for connectors that report their own (e.g. Kafka lag).
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.metrics.clone()
     }
     pub fn operator_state(&mut self) -> &mut OperatorStateStore {
         self.operator_state

@@ -9,6 +9,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender, bounded};
+use prometheus_client::metrics::counter::Counter;
 
 use crate::config::JobConfig;
 use crate::error::{JobError, TaskError};
@@ -18,12 +19,14 @@ use crate::functions::{
     Collector, Data, KeyedProcessFunction, ProcessFunction, SinkFunction, SourceFunction,
 };
 use crate::keygroup::{KeyGroupRange, key_group_for_key};
+use crate::metrics::{CounterF64, JobMetrics};
 use crate::state::keyed::{Key, KeyedBackend};
 use crate::state::operator::OperatorStateStore;
 use crate::task::chain::{
     Discard, Fanout, FilterOp, FlatMapOp, KeyFn, KeyGroupFn, KeyedProcessOp, MapOp, NetworkOutput,
     Out, Partitioner, ProcessOp, SinkOp,
 };
+use crate::task::counted::Counted;
 use crate::task::input::InputTask;
 use crate::task::source::SourceTask;
 use crate::task::{Restored, TaskRunner};
@@ -51,6 +54,7 @@ pub(crate) struct BuildCtx<'a> {
     pub parallelism: u32,
     pub config: &'a JobConfig,
     pub restored: Option<Restored>,
+    pub metrics: &'a Arc<JobMetrics>,
 }
 
 pub(crate) trait SourceFactory: Send + Sync {
@@ -79,9 +83,12 @@ pub(crate) trait TypeOps: Send + Sync {
         task: &str,
         batch: usize,
         max_parallelism: u32,
+        backpressure: CounterF64,
     ) -> Result<Box<dyn Any>, TaskError>;
     fn readers(&self, chans: &mut Box<dyn Any>, down: usize) -> Result<Box<dyn Any>, TaskError>;
     fn fanout(&self, outs: Vec<Box<dyn Any>>) -> Result<Box<dyn Any>, TaskError>;
+    /// Wraps an `Out<T>` so that the records passing it are counted.
+    fn counted(&self, out: Box<dyn Any>, counter: Counter) -> Result<Box<dyn Any>, TaskError>;
     /// Builds the task of a chain whose head consumes this type.
     fn input_task(
         &self,
@@ -140,6 +147,7 @@ impl<T: Data> TypeOps for TypeOpsImpl<T> {
         task: &str,
         batch: usize,
         max_parallelism: u32,
+        backpressure: CounterF64,
     ) -> Result<Box<dyn Any>, TaskError> {
         let chans = chans
             .downcast_mut::<EdgeChannels<T>>()
@@ -166,6 +174,7 @@ impl<T: Data> TypeOps for TypeOpsImpl<T> {
             batch,
             up,
             max_parallelism,
+            backpressure,
         ));
         Ok(Box::new(out))
     }
@@ -191,6 +200,12 @@ impl<T: Data> TypeOps for TypeOpsImpl<T> {
             1 => v.pop().ok_or_else(|| internal("fan-out"))?,
             _ => Box::new(Fanout(v)),
         };
+        Ok(Box::new(out))
+    }
+
+    fn counted(&self, out: Box<dyn Any>, counter: Counter) -> Result<Box<dyn Any>, TaskError> {
+        let inner = downcast::<Out<T>>(out, "counted output")?;
+        let out: Out<T> = Box::new(Counted::new(inner, counter));
         Ok(Box::new(out))
     }
 
@@ -588,6 +603,7 @@ impl<T: Data, S: SourceFunction<T> + Sync> SourceFactory for SourceNode<T, S> {
             watermarks: self.watermarks.clone(),
             subtask: ctx.subtask,
             parallelism: ctx.parallelism,
+            metrics: ctx.metrics.clone(),
         }))
     }
 }
@@ -679,6 +695,7 @@ where
             restored,
             ctx.subtask,
             ctx.parallelism,
+            ctx.metrics,
         )?);
         Ok(Box::new(op))
     }
@@ -723,6 +740,7 @@ where
             ctx.subtask,
             ctx.parallelism,
             maxp,
+            ctx.metrics,
         )?);
         Ok(Box::new(op))
     }
@@ -748,6 +766,7 @@ where
             restored,
             ctx.subtask,
             ctx.parallelism,
+            ctx.metrics,
         )?);
         Ok(Box::new(op))
     }

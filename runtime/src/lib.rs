@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod control;
 pub mod error;
 pub mod event;
 mod executor;
@@ -15,6 +16,7 @@ pub mod faults;
 pub mod functions;
 pub mod graph;
 pub mod keygroup;
+pub mod metrics;
 pub mod restart;
 pub mod seeds;
 pub mod sinks;
@@ -30,7 +32,8 @@ pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestoreSettings};
 pub use error::{FnResult, JobError, UserError};
 pub use event::SnapshotKind;
 pub use executor::{
-    CompletedCheckpoint, JobClient, JobOutcome, JobState, JobStatus, SavepointInfo,
+    CheckpointInProgress, CompletedCheckpoint, JobClient, JobHandle, JobOutcome, JobState,
+    JobStatus, SavepointInfo, SavepointReceiver,
 };
 pub use functions::{
     CheckpointListener, Collector, Data, InitContext, KeyedContext, KeyedProcessFunction,

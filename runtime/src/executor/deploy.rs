@@ -4,6 +4,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use crate::config::{CheckpointMode, JobConfig};
 use crate::error::{SnapshotError, TaskError};
 use crate::graph::{BuildCtx, EdgeKind, JobGraph, NodeKind};
 use crate::keygroup::range_for_subtask;
+use crate::metrics::JobMetrics;
 use crate::task::aligner::AlignMode;
 use crate::task::{Control, Restored, TaskEnv, TaskRunner, UploadJob};
 
@@ -83,6 +85,7 @@ pub(crate) fn deploy(
     snap: Option<&LoadedSnapshot>,
     master: &Sender<MasterMsg>,
     uploader: &Sender<UploadJob>,
+    metrics: &Arc<JobMetrics>,
 ) -> Result<Deployed, TaskError> {
     let nodes = &graph.nodes;
     let par = effective_parallelism(graph, cfg);
@@ -188,10 +191,14 @@ pub(crate) fn deploy(
                             &task_name,
                             cfg.batch_size,
                             cfg.max_parallelism,
+                            metrics.backpressure(&task_name),
                         )?);
                     }
                 }
                 let out = node.out_ops.fanout(outs)?;
+                let out = node
+                    .out_ops
+                    .counted(out, metrics.records_out(&node.uid, s))?;
                 let restored = restored_for(snap, &node.uid, par[m], s, cfg, node.keyed).map(
                     |(mut r, how)| {
                         if m == head {
@@ -206,6 +213,7 @@ pub(crate) fn deploy(
                     parallelism: par[m],
                     config: cfg,
                     restored,
+                    metrics,
                 };
                 let built_one = catch_unwind(AssertUnwindSafe(|| match &node.kind {
                     NodeKind::Source(f) => f.build_task(out, ctx).map(Err),
@@ -217,6 +225,10 @@ pub(crate) fn deploy(
                 })??;
                 match built_one {
                     Ok(op) => {
+                        let in_ops = node.in_ops.as_ref().ok_or_else(|| {
+                            TaskError::Internal(format!("operator {} has no input type", node.uid))
+                        })?;
+                        let op = in_ops.counted(op, metrics.records_in(&node.uid, s))?;
                         built.insert(m, op);
                     }
                     Err(task) => source_task = Some(task),
@@ -393,6 +405,7 @@ pub(crate) fn spawn_uploader(
                         checkpoint_id: job.checkpoint_id,
                         task: (job.task_index, job.subtask),
                         ops,
+                        alignment_ms: job.alignment_ms,
                     },
                     Err(reason) => MasterMsg::Decline {
                         attempt: job.attempt,

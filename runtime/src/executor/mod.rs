@@ -24,6 +24,7 @@ use crate::error::{JobError, TaskError};
 use crate::event::{Barrier, SnapshotKind, SnapshotTarget};
 use crate::faults::FaultPoint;
 use crate::graph::JobGraph;
+use crate::metrics::JobMetrics;
 use crate::restart::{RestartDecision, RestartTracker};
 use crate::storage::{self, CheckpointStorage};
 use crate::task::chain::Notification;
@@ -42,6 +43,7 @@ pub(crate) enum MasterMsg {
         checkpoint_id: u64,
         task: (usize, u32),
         ops: Vec<AckedOp>,
+        alignment_ms: u64,
     },
     Decline {
         attempt: u64,
@@ -76,20 +78,23 @@ pub struct CompletedCheckpoint {
     pub path: String,
     pub duration_ms: u64,
     pub size_bytes: u64,
+    /// Longest barrier alignment of any subtask.
+    pub alignment_ms: u64,
     pub completed_ms: i64,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum JobState {
-    Created,
-    Running,
-    Restarting,
-    Finished,
-    Cancelled,
-    Stopped,
-    Failed,
+/// A triggered snapshot that has neither completed nor failed.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct CheckpointInProgress {
+    pub id: u64,
+    pub kind: SnapshotKind,
+    pub path: String,
+    pub started_ms: i64,
+    pub acknowledged: u32,
+    pub total: u32,
 }
+
+pub use runnel_api::JobState;
 
 /// Observable job status; the control API serves this.
 #[derive(Clone, Debug, Serialize)]
@@ -102,9 +107,13 @@ pub struct JobStatus {
     /// Snapshot each attempt restored from (None for a fresh start).
     pub restored_from: Vec<Option<String>>,
     pub completed: Vec<CompletedCheckpoint>,
+    pub in_progress: Vec<CheckpointInProgress>,
+    /// Completed snapshots of this run, including those retention deleted.
+    pub completed_checkpoints: u64,
     pub failed_checkpoints: u64,
     pub last_failure: Option<String>,
     pub parallelism: BTreeMap<String, u32>,
+    pub max_parallelism: u32,
 }
 
 #[derive(Debug, PartialEq)]
@@ -118,17 +127,24 @@ pub enum JobOutcome {
 
 /// Handle to a running job.
 pub struct JobClient {
-    tx: Sender<MasterMsg>,
+    handle: JobHandle,
     join: Option<JoinHandle<Result<JobOutcome, JobError>>>,
-    status: Arc<Mutex<JobStatus>>,
 }
 
-impl JobClient {
-    fn request(
-        &self,
-        dir: &str,
-        kind: SnapshotKind,
-    ) -> Result<Receiver<Result<SavepointInfo, JobError>>, JobError> {
+/// A cloneable handle to a running job for other threads (the control server):
+/// it sends requests and reads status, but cannot wait for the job's end.
+#[derive(Clone)]
+pub struct JobHandle {
+    tx: Sender<MasterMsg>,
+    status: Arc<Mutex<JobStatus>>,
+    metrics: Arc<JobMetrics>,
+}
+
+/// The eventual outcome of a savepoint request.
+pub type SavepointReceiver = Receiver<Result<SavepointInfo, JobError>>;
+
+impl JobHandle {
+    fn request(&self, dir: &str, kind: SnapshotKind) -> Result<SavepointReceiver, JobError> {
         let (tx, rx) = bounded(1);
         self.tx
             .send(MasterMsg::Savepoint {
@@ -142,26 +158,17 @@ impl JobClient {
 
     /// Triggers a savepoint into `dir` and returns at once; the receiver yields
     /// the result.
-    pub fn trigger_savepoint_async(
-        &self,
-        dir: &str,
-    ) -> Result<Receiver<Result<SavepointInfo, JobError>>, JobError> {
+    pub fn trigger_savepoint_async(&self, dir: &str) -> Result<SavepointReceiver, JobError> {
         self.request(dir, SnapshotKind::Savepoint)
     }
 
-    /// Takes a savepoint into `dir` and waits for it.
-    pub fn trigger_savepoint(&self, dir: &str) -> Result<SavepointInfo, JobError> {
-        self.request(dir, SnapshotKind::Savepoint)?
-            .recv()
-            .map_err(|_| JobError::Terminated)?
-    }
-
-    /// Takes a savepoint and ends the job after it. With `drain`, the final
-    /// watermark fires all event-time timers first.
-    pub fn stop_with_savepoint(&self, dir: &str, drain: bool) -> Result<SavepointInfo, JobError> {
-        self.request(dir, SnapshotKind::StopSavepoint { drain })?
-            .recv()
-            .map_err(|_| JobError::Terminated)?
+    /// Triggers stop-with-savepoint and returns at once.
+    pub fn stop_with_savepoint_async(
+        &self,
+        dir: &str,
+        drain: bool,
+    ) -> Result<SavepointReceiver, JobError> {
+        self.request(dir, SnapshotKind::StopSavepoint { drain })
     }
 
     pub fn cancel(&self) -> Result<(), JobError> {
@@ -175,6 +182,53 @@ impl JobClient {
             Ok(s) => s.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// The job's metrics (what `/metrics` serves).
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.metrics.clone()
+    }
+}
+
+impl JobClient {
+    /// A cloneable handle for other threads.
+    pub fn handle(&self) -> JobHandle {
+        self.handle.clone()
+    }
+
+    /// Triggers a savepoint into `dir` and returns at once; the receiver yields
+    /// the result.
+    pub fn trigger_savepoint_async(&self, dir: &str) -> Result<SavepointReceiver, JobError> {
+        self.handle.trigger_savepoint_async(dir)
+    }
+
+    /// Takes a savepoint into `dir` and waits for it.
+    pub fn trigger_savepoint(&self, dir: &str) -> Result<SavepointInfo, JobError> {
+        self.handle
+            .trigger_savepoint_async(dir)?
+            .recv()
+            .map_err(|_| JobError::Terminated)?
+    }
+
+    /// Takes a savepoint and ends the job after it. With `drain`, the final
+    /// watermark fires all event-time timers first.
+    pub fn stop_with_savepoint(&self, dir: &str, drain: bool) -> Result<SavepointInfo, JobError> {
+        self.handle
+            .stop_with_savepoint_async(dir, drain)?
+            .recv()
+            .map_err(|_| JobError::Terminated)?
+    }
+
+    pub fn cancel(&self) -> Result<(), JobError> {
+        self.handle.cancel()
+    }
+
+    pub fn status(&self) -> JobStatus {
+        self.handle.status()
+    }
+
+    pub fn metrics(&self) -> Arc<JobMetrics> {
+        self.handle.metrics()
     }
 
     pub fn wait(mut self) -> Result<JobOutcome, JobError> {
@@ -198,8 +252,11 @@ pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, Job
         attempt: 0,
         restored_from: vec![],
         completed: vec![],
+        in_progress: vec![],
+        completed_checkpoints: 0,
         failed_checkpoints: 0,
         last_failure: None,
+        max_parallelism: config.max_parallelism,
         parallelism: deploy::effective_parallelism(&graph, &config)
             .into_iter()
             .zip(graph.nodes.iter())
@@ -223,7 +280,9 @@ pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, Job
             Some(snap.uri)
         }
     };
+    let metrics = Arc::new(JobMetrics::new());
     let mut master = Master {
+        metrics: metrics.clone(),
         graph,
         config,
         rx,
@@ -241,9 +300,12 @@ pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, Job
         .spawn(move || master.run())
         .map_err(|e| JobError::InvalidConfig(format!("cannot start the job master: {e}")))?;
     Ok(JobClient {
-        tx,
+        handle: JobHandle {
+            tx,
+            status,
+            metrics,
+        },
         join: Some(join),
-        status,
     })
 }
 
@@ -251,6 +313,8 @@ struct Pending {
     kind: SnapshotKind,
     target: Arc<SnapshotTarget>,
     started: u64,
+    started_ms: i64,
+    alignment_ms: u64,
     acks: HashMap<(usize, u32), Vec<AckedOp>>,
     reply: Option<Sender<Result<SavepointInfo, JobError>>>,
     is_final: bool,
@@ -275,6 +339,7 @@ struct Master {
     /// Completed snapshots usable for recovery, oldest first.
     completed: Vec<CompletedCheckpoint>,
     clock_base: Instant,
+    metrics: Arc<JobMetrics>,
 }
 
 impl Master {
@@ -332,7 +397,10 @@ impl Master {
                 s.state = JobState::Running;
                 s.restored_from.push(restore.clone());
             });
+            self.metrics.running.set(1);
             let end = self.run_attempt(attempt, snap.as_ref());
+            self.metrics.running.set(0);
+            self.set_status(|s| s.in_progress.clear());
             drop(snap);
             match end {
                 AttemptEnd::Finished => {
@@ -371,6 +439,7 @@ impl Master {
                         }
                         RestartDecision::Restart { delay_ms, .. } => {
                             self.set_status(|s| s.restarts += 1);
+                            self.metrics.restarts.inc();
                             if self.sleep_interruptibly(Duration::from_millis(delay_ms)) {
                                 self.dispose_checkpoints_if_needed();
                                 self.set_status(|s| s.state = JobState::Cancelled);
@@ -434,7 +503,15 @@ impl Master {
             Ok(j) => j,
             Err(e) => return AttemptEnd::Failed(TaskError::Internal(format!("uploader: {e}"))),
         };
-        let deployed = match deploy(&self.graph, &self.config, attempt, snap, &self.tx, &up_tx) {
+        let deployed = match deploy(
+            &self.graph,
+            &self.config,
+            attempt,
+            snap,
+            &self.tx,
+            &up_tx,
+            &self.metrics,
+        ) {
             Ok(d) => d,
             Err(e) => {
                 drop(up_tx);
@@ -543,15 +620,21 @@ impl Master {
                     checkpoint_id,
                     task,
                     ops,
+                    alignment_ms,
                 } if attempt == run.attempt => {
                     let Some(p) = run.pending.get_mut(&checkpoint_id) else {
                         continue;
                     };
                     p.acks.insert(task, ops);
-                    if p.acks.len() == total
-                        && let Some(end) = self.complete(run, checkpoint_id)
-                    {
-                        return end;
+                    p.alignment_ms = p.alignment_ms.max(alignment_ms);
+                    if p.acks.len() == total {
+                        let end = self.complete(run, checkpoint_id);
+                        self.publish_pending(run);
+                        if let Some(end) = end {
+                            return end;
+                        }
+                    } else {
+                        self.publish_pending(run);
                     }
                 }
                 MasterMsg::Decline {
@@ -702,11 +785,14 @@ impl Master {
                 kind,
                 target: barrier.target.clone(),
                 started: now,
+                started_ms: system_now_ms(),
+                alignment_ms: 0,
                 acks: HashMap::new(),
                 reply,
                 is_final,
             },
         );
+        self.publish_pending(run);
         for t in run.d.tasks.iter().filter(|t| t.is_source) {
             let _ = t.control.send(Control::Trigger(barrier.clone()));
         }
@@ -722,6 +808,8 @@ impl Master {
         let p = run.pending.remove(&id)?;
         tracing::warn!(id, reason = %reason, "checkpoint failed");
         self.set_status(|s| s.failed_checkpoints += 1);
+        self.metrics.checkpoints_failed.inc();
+        self.publish_pending(run);
         let _ = p.target.storage.delete_dir(&p.target.dir);
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Notify(Notification::Aborted(id)));
@@ -824,6 +912,8 @@ impl Master {
                     kind: p.kind,
                     target: p.target,
                     started: p.started,
+                    started_ms: p.started_ms,
+                    alignment_ms: p.alignment_ms,
                     acks: HashMap::new(),
                     reply: p.reply,
                     is_final: p.is_final,
@@ -834,10 +924,10 @@ impl Master {
         if let Some(end) = fault(FaultPoint::AfterMetadata { checkpoint_id: id }) {
             // The checkpoint is complete on storage even though nobody was told:
             // recovery must use it.
-            self.record_completed(id, &p.target, p.kind, p.started, size);
+            self.record_completed(id, &p.target, p.kind, p.started, size, p.alignment_ms);
             return Some(end);
         }
-        self.record_completed(id, &p.target, p.kind, p.started, size);
+        self.record_completed(id, &p.target, p.kind, p.started, size, p.alignment_ms);
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Notify(Notification::Complete(id)));
         }
@@ -882,6 +972,7 @@ impl Master {
         kind: SnapshotKind,
         started: u64,
         size: u64,
+        alignment_ms: u64,
     ) {
         let c = CompletedCheckpoint {
             id,
@@ -889,8 +980,11 @@ impl Master {
             path: target.location.clone(),
             duration_ms: self.now().saturating_sub(started),
             size_bytes: size,
+            alignment_ms,
             completed_ms: system_now_ms(),
         };
+        self.metrics
+            .checkpoint_completed(id, c.duration_ms, size, alignment_ms);
         tracing::info!(id, path = %c.path, size = c.size_bytes, duration_ms = c.duration_ms, "snapshot completed");
         self.completed.push(c.clone());
         // Retention: only checkpoints are ours to delete; savepoints belong to the user.
@@ -913,7 +1007,28 @@ impl Master {
             self.completed.retain(|c| !drop_ids.contains(&c.id));
         }
         let completed = self.completed.clone();
-        self.set_status(|s| s.completed = completed);
+        self.set_status(|s| {
+            s.completed = completed;
+            s.completed_checkpoints += 1;
+        });
+    }
+
+    /// Mirrors the pending snapshots into the shared status.
+    fn publish_pending(&self, run: &AttemptRun) {
+        let total = run.d.tasks.len() as u32;
+        let list: Vec<CheckpointInProgress> = run
+            .pending
+            .iter()
+            .map(|(id, p)| CheckpointInProgress {
+                id: *id,
+                kind: p.kind,
+                path: p.target.location.clone(),
+                started_ms: p.started_ms,
+                acknowledged: p.acks.len() as u32,
+                total,
+            })
+            .collect();
+        self.set_status(|s| s.in_progress = list);
     }
 
     /// Handles a message that arrives while an attempt is ending: client

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
+use std::time::Instant;
+
+use crossbeam_channel::{Sender, TrySendError};
 
 use crate::checkpoint::format::{KeyGroupData, KeyedStateMeta, SubtaskState};
 use crate::error::{FnResult, TaskError};
@@ -17,6 +19,7 @@ use crate::functions::{
     SinkContext, SinkFunction, SnapshotContext, TimeDomain,
 };
 use crate::keygroup::{KeyEncodeError, KeyGroupRange, subtask_for_key_group};
+use crate::metrics::{CounterF64, JobMetrics};
 use crate::state::keyed::{Key, KeyedBackend};
 use crate::state::operator::OperatorStateStore;
 use crate::timers::TimerService;
@@ -207,6 +210,7 @@ where
         restored: bool,
         subtask: u32,
         parallelism: u32,
+        metrics: &Arc<JobMetrics>,
     ) -> Result<Self, TaskError> {
         f.initialize_state(&mut InitContext::<()> {
             operator_state: &mut store,
@@ -215,6 +219,7 @@ where
             subtask,
             parallelism,
             operator: uid,
+            metrics,
         })
         .map_err(user(uid))?;
         Ok(ProcessOp {
@@ -309,6 +314,7 @@ where
         subtask: u32,
         parallelism: u32,
         max_parallelism: u32,
+        metrics: &Arc<JobMetrics>,
     ) -> Result<Self, TaskError> {
         let mut timers = TimerService::default();
         timers
@@ -324,6 +330,7 @@ where
             subtask,
             parallelism,
             operator: uid,
+            metrics,
         });
         if let Err(e) = init {
             return Err(match backend.incompatible.take() {
@@ -476,6 +483,7 @@ impl<F: SinkFunction<T>, T> SinkOp<F, T> {
         restored: bool,
         subtask: u32,
         parallelism: u32,
+        metrics: &Arc<JobMetrics>,
     ) -> Result<Self, TaskError> {
         f.initialize_state(&mut InitContext::<()> {
             operator_state: &mut store,
@@ -484,6 +492,7 @@ impl<F: SinkFunction<T>, T> SinkOp<F, T> {
             subtask,
             parallelism,
             operator: uid,
+            metrics,
         })
         .map_err(user(uid))?;
         Ok(SinkOp {
@@ -650,6 +659,7 @@ pub(crate) struct NetworkOutput<T> {
     pub batch_size: usize,
     pub next: usize,
     pub max_parallelism: u32,
+    pub backpressure: CounterF64,
 }
 
 impl<T: Clone + Send + 'static> NetworkOutput<T> {
@@ -660,6 +670,7 @@ impl<T: Clone + Send + 'static> NetworkOutput<T> {
         batch_size: usize,
         start: usize,
         max_parallelism: u32,
+        backpressure: CounterF64,
     ) -> Self {
         let n = senders.len();
         NetworkOutput {
@@ -670,6 +681,7 @@ impl<T: Clone + Send + 'static> NetworkOutput<T> {
             batch_size,
             next: start % n.max(1),
             max_parallelism,
+            backpressure,
         }
     }
 
@@ -679,9 +691,19 @@ impl<T: Clone + Send + 'static> NetworkOutput<T> {
         }
         let batch = std::mem::replace(&mut self.buffers[i], Vec::with_capacity(self.batch_size));
         // A closed channel means the consumer is gone: the attempt is being torn down.
-        self.senders[i]
-            .send(batch)
-            .map_err(|_| TaskError::Cancelled)
+        match self.senders[i].try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Disconnected(_)) => Err(TaskError::Cancelled),
+            Err(TrySendError::Full(batch)) => {
+                // Back-pressure: only this slow path is timed.
+                let t = Instant::now();
+                let r = self.senders[i]
+                    .send(batch)
+                    .map_err(|_| TaskError::Cancelled);
+                self.backpressure.inc_by(t.elapsed().as_secs_f64());
+                r
+            }
+        }
     }
 
     #[inline]

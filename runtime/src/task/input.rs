@@ -32,6 +32,8 @@ struct State<T> {
     drain: bool,
     /// The barrier being aligned, for actions triggered by a channel ending.
     last_barrier: Option<Barrier>,
+    /// When the first barrier of the checkpoint being aligned arrived.
+    align_start: Option<(u64, Instant)>,
 }
 
 impl<T: Data> TaskRunner for InputTask<T> {
@@ -48,6 +50,7 @@ impl<T: Data> TaskRunner for InputTask<T> {
             valve: WatermarkValve::new(n),
             drain: true,
             last_barrier: None,
+            align_start: None,
         };
         // Records persisted in flight by an unaligned checkpoint come first.
         for r in std::mem::take(&mut self.restored_in_flight) {
@@ -188,6 +191,9 @@ impl<T: Data> InputTask<T> {
                     }
                 }
                 Event::Barrier(b) => {
+                    if st.align_start.is_none_or(|(id, _)| id != b.id) {
+                        st.align_start = Some((b.id, Instant::now()));
+                    }
                     st.last_barrier = Some(b.clone());
                     for a in st.aligner.on_barrier(ch, b.id) {
                         self.apply(env, st, a, &b)?;
@@ -242,6 +248,10 @@ impl<T: Data> InputTask<T> {
             Action::Snapshot { id, record } => {
                 env.fault_before_snapshot(id)?;
                 let mut snaps = Vec::new();
+                let alignment_ms = match st.align_start {
+                    Some((aid, t)) if aid == id => t.elapsed().as_millis() as u64,
+                    _ => 0,
+                };
                 self.head.barrier(b, &mut snaps)?;
                 st.blocked.iter_mut().for_each(|x| *x = false);
                 st.last_barrier = None;
@@ -252,7 +262,7 @@ impl<T: Data> InputTask<T> {
                     st.in_flight.clear();
                     st.pending_unaligned = Some((b.clone(), snaps));
                 } else {
-                    env.upload(b, snaps)?;
+                    env.upload(b, snaps, alignment_ms)?;
                 }
             }
             Action::StopRecording(ch) => st.recording[ch] = false,
@@ -274,7 +284,7 @@ impl<T: Data> InputTask<T> {
                         })?));
                     }
                     attach_in_flight(&env.head_uid, &mut snaps, encoded);
-                    env.upload(&pb, snaps)?;
+                    env.upload(&pb, snaps, 0)?;
                 }
             }
             Action::Abort(id) => {

@@ -2,6 +2,7 @@
 
 pub(crate) mod aligner;
 pub(crate) mod chain;
+pub(crate) mod counted;
 pub(crate) mod input;
 pub(crate) mod source;
 
@@ -46,6 +47,8 @@ pub(crate) struct UploadJob {
     pub subtask: u32,
     pub target: Arc<SnapshotTarget>,
     pub ops: Vec<OperatorSnapshot>,
+    /// How long this subtask aligned barriers before snapshotting.
+    pub alignment_ms: u64,
 }
 
 pub(crate) struct TaskEnv {
@@ -66,7 +69,12 @@ pub(crate) struct TaskEnv {
 
 impl TaskEnv {
     /// Hands a finished subtask snapshot to the uploader.
-    pub fn upload(&self, b: &Barrier, ops: Vec<OperatorSnapshot>) -> Result<(), TaskError> {
+    pub fn upload(
+        &self,
+        b: &Barrier,
+        ops: Vec<OperatorSnapshot>,
+        alignment_ms: u64,
+    ) -> Result<(), TaskError> {
         self.uploader
             .send(UploadJob {
                 attempt: self.attempt,
@@ -75,6 +83,7 @@ impl TaskEnv {
                 subtask: self.subtask,
                 target: b.target.clone(),
                 ops,
+                alignment_ms,
             })
             .map_err(|_| TaskError::Cancelled)
     }

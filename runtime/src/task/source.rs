@@ -23,6 +23,7 @@ pub(crate) struct SourceTask<T, S> {
     pub watermarks: Option<WatermarkStrategy<T>>,
     pub subtask: u32,
     pub parallelism: u32,
+    pub metrics: std::sync::Arc<crate::metrics::JobMetrics>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -58,6 +59,7 @@ impl<T: crate::functions::Data, S: SourceFunction<T>> TaskRunner for SourceTask<
                 subtask: self.subtask,
                 parallelism: self.parallelism,
                 operator: &self.uid,
+                metrics: &self.metrics,
             })
             .map_err(user)?;
         let mut phase = Phase::Running;
@@ -283,6 +285,6 @@ impl<T: crate::functions::Data, S: SourceFunction<T>> SourceTask<T, S> {
             },
         }];
         self.head.barrier(b, &mut snaps)?;
-        env.upload(b, snaps)
+        env.upload(b, snaps, 0)
     }
 }
