@@ -27,8 +27,19 @@ enum Command {
     /// Measures throughput, CPU, memory and checkpoint overhead of a keyed count
     /// and sum.
     Bench(cli::bench::BenchArgs),
-    /// Prints a checkpoint or savepoint in human-readable form and verifies it.
+    /// Prints a checkpoint or savepoint in human-readable form and verifies it
+    /// (same as `runnel savepoint inspect`).
     Inspect(cli::inspect::InspectArgs),
+    /// Shows a running job's state and last checkpoint.
+    Status(cli::jobctl::StatusArgs),
+    /// Takes a savepoint of a running job (or: `savepoint inspect|dispose PATH`).
+    Savepoint(cli::jobctl::SavepointArgs),
+    /// Stops a running job with a savepoint.
+    Stop(cli::jobctl::StopArgs),
+    /// Cancels a running job without a savepoint.
+    Cancel(cli::jobctl::CancelArgs),
+    /// Lists a running job's retained and in-progress checkpoints.
+    Checkpoints(cli::jobctl::CheckpointsArgs),
 }
 
 fn init_logging() {
@@ -55,12 +66,20 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Status(a) => cli::jobctl::status(a),
+        Command::Savepoint(a) => cli::jobctl::savepoint(a),
+        Command::Stop(a) => cli::jobctl::stop(a),
+        Command::Cancel(a) => cli::jobctl::cancel(a),
+        Command::Checkpoints(a) => cli::jobctl::checkpoints(a),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            let code = e
+                .downcast_ref::<cli::client::ClientError>()
+                .map_or(cli::client::exit::FAILURE, |c| c.exit_code());
+            ExitCode::from(code)
         }
     }
 }

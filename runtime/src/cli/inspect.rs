@@ -150,3 +150,33 @@ fn print_human(uri: &str, md: &SnapshotMetadata) {
     }
     println!();
 }
+
+#[derive(Args, Debug)]
+pub struct DisposeArgs {
+    /// The savepoint directory: a URI or a local path.
+    path: String,
+    /// Also delete a checkpoint (normally the runtime's to manage).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Deletes a savepoint. Only a directory with readable snapshot metadata is
+/// deleted, so a typo cannot remove an unrelated tree.
+pub fn dispose(args: DisposeArgs) -> anyhow::Result<ExitCode> {
+    let uri = resolve(&args.path)?;
+    let md = checkpoint::read_metadata(&uri).with_context(|| format!("cannot read {uri}"))?;
+    if md.kind != "savepoint" && !args.force {
+        bail!(
+            "{uri} is a {} (id {}), not a savepoint; checkpoints are managed by the job \
+             (use --force to delete it anyway)",
+            md.kind,
+            md.checkpoint_id
+        );
+    }
+    let (parent, name) = runnel_runtime::storage::split_last(&uri);
+    let st = runnel_runtime::storage::open(&parent)?;
+    st.delete_dir(&name)
+        .with_context(|| format!("cannot delete {uri}"))?;
+    println!("disposed {uri}");
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,8 +1,10 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
+pub mod client;
 pub mod demo;
 pub mod inspect;
+pub mod jobctl;
 
 use std::path::Path;
 
