@@ -50,7 +50,7 @@ fn start(
     )
     .expect("control server");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !(job.status().state == JobState::Running && !job.status().completed.is_empty()) {
+    while job.status().state != JobState::Running || job.status().completed.is_empty() {
         assert!(Instant::now() < deadline, "job did not checkpoint");
         std::thread::sleep(Duration::from_millis(20));
     }
