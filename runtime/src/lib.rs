@@ -25,6 +25,7 @@ mod task;
 pub mod timers;
 pub mod valve;
 pub mod watermark;
+pub mod windows;
 
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestoreSettings};
 pub use error::{FnResult, JobError, UserError};
