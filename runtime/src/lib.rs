@@ -8,6 +8,7 @@
 pub mod checkpoint;
 pub mod clock;
 pub mod config;
+pub mod declarative;
 pub mod error;
 pub mod event;
 mod executor;

@@ -197,7 +197,11 @@ pub struct EventTimeGen {
 
 /// How one generated field is computed from the record index i.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
 pub enum FieldGen {
     /// `i % keys` as an int, or `prefix + (i % keys)` as a string with a prefix.
     Key {
@@ -600,7 +604,8 @@ pub struct CustomOperatorSpec {
 
 // ---- sinks -------------------------------------------------------------------
 
-/// A sink. Set exactly one of `stdout`, `file` or `kafka`.
+/// A sink. Set exactly one of `stdout`, `file` or `kafka`. Sinks run at the
+/// job's parallelism.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SinkSpec {
@@ -609,8 +614,6 @@ pub struct SinkSpec {
     /// A side output (a window's `lateOutput`) instead of the main output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub parallelism: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout: Option<StdoutSinkSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

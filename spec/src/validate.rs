@@ -369,7 +369,6 @@ pub fn validate(spec: &JobSpec, root: &str) -> Vec<SpecError> {
         let p = sinks.index(i);
         v.non_empty(&p.field("name"), &s.name);
         unique(&mut v, &p.field("name"), &s.name);
-        v.parallelism(&p.field("parallelism"), s.parallelism, max);
         let mut set = Vec::new();
         if s.stdout.is_some() {
             set.push("stdout");

@@ -57,16 +57,29 @@ where
     In: Data,
     A: WindowAggregator<K, In>,
 {
+    let par = opts.parallelism;
     let out = keyed.process(name, WindowOperator::new(opts, agg));
+    let out = match par {
+        Some(n) => out.set_parallelism(n),
+        None => out,
+    };
     let late = out.fork().flat_map(|o: WindowOutput<A::Out, In>, c| {
         if let WindowOutput::Late(v) = o {
             c.collect(v)
         }
     });
+    let late = match par {
+        Some(n) => late.set_parallelism(n),
+        None => late,
+    };
     let results = out.flat_map(|o: WindowOutput<A::Out, In>, c| {
         if let WindowOutput::Result(v) = o {
             c.collect(v)
         }
     });
+    let results = match par {
+        Some(n) => results.set_parallelism(n),
+        None => results,
+    };
     Windowed { results, late }
 }

@@ -34,6 +34,8 @@ pub struct WindowOptions {
     pub allowed_lateness_ms: i64,
     /// TTL of the window state (processing time).
     pub state_ttl: Option<TtlConfig>,
+    /// Parallelism of the window (default: the job's).
+    pub parallelism: Option<u32>,
 }
 
 impl WindowOptions {
@@ -43,7 +45,12 @@ impl WindowOptions {
             time,
             allowed_lateness_ms: 0,
             state_ttl: None,
+            parallelism: None,
         }
+    }
+    pub fn parallelism(mut self, p: Option<u32>) -> Self {
+        self.parallelism = p;
+        self
     }
     pub fn allowed_lateness_ms(mut self, ms: i64) -> Self {
         self.allowed_lateness_ms = ms;
