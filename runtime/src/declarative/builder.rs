@@ -381,8 +381,8 @@ impl Builder<'_> {
             } else {
                 None
             };
-            if let (Some(par), Some(d)) = (s.parallelism, ds.take()) {
-                ds = Some(d.set_parallelism(par));
+            if let Some(par) = s.parallelism {
+                ds = ds.map(|d| d.set_parallelism(par));
             }
             known = if first {
                 fields
