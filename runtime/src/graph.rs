@@ -516,6 +516,18 @@ impl<T: Data> DataStream<T> {
         let _ = self.add_op::<()>(name.to_string(), Arc::new(SinkNode { f, _p: PhantomData }));
     }
 
+    /// Another handle to this stream, so that two consumers read it (each gets
+    /// every record). Used to split an operator's output into side outputs.
+    pub fn fork(&self) -> DataStream<T> {
+        DataStream {
+            g: self.g.clone(),
+            producers: self.producers.clone(),
+            partition: self.partition,
+            max_parallelism: self.max_parallelism,
+            _p: PhantomData,
+        }
+    }
+
     pub fn rebalance(mut self) -> Self {
         self.partition = EdgeKind::Rebalance;
         self

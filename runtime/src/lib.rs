@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod declarative;
 pub mod error;
 pub mod event;
 mod executor;
@@ -27,6 +28,7 @@ mod task;
 pub mod timers;
 pub mod valve;
 pub mod watermark;
+pub mod windows;
 
 pub use config::{CheckpointConfig, CheckpointMode, JobConfig, RestoreSettings};
 pub use error::{FnResult, JobError, UserError};

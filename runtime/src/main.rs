@@ -30,6 +30,8 @@ enum Command {
     /// Prints a checkpoint or savepoint in human-readable form and verifies it
     /// (same as `runnel savepoint inspect`).
     Inspect(cli::inspect::InspectArgs),
+    /// Runs a declarative job (YAML) with its control API.
+    Run(cli::run::RunArgs),
     /// Shows a running job's state and last checkpoint.
     Status(cli::jobctl::StatusArgs),
     /// Takes a savepoint of a running job (or: `savepoint inspect|dispose PATH`).
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(a),
         Command::Bench(a) => cli::bench::run(a),
         Command::Inspect(a) => cli::inspect::run(a),
+        Command::Run(a) => cli::run::run(a),
         Command::Status(a) => cli::jobctl::status(a),
         Command::Savepoint(a) => cli::jobctl::savepoint(a),
         Command::Stop(a) => cli::jobctl::stop(a),

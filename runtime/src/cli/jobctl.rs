@@ -11,7 +11,7 @@ use runnel_api::{CheckpointInfo, TriggerState};
 use super::client::ControlClient;
 use super::human_bytes;
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let (num, unit) = s
         .find(|c: char| !c.is_ascii_digit())
         .map(|i| s.split_at(i))

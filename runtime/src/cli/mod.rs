@@ -5,6 +5,7 @@ pub mod client;
 pub mod demo;
 pub mod inspect;
 pub mod jobctl;
+pub mod run;
 
 use std::path::Path;
 

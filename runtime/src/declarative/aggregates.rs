@@ -1,0 +1,339 @@
+//! The declarative window aggregations over records: count, sum, min, max,
+//! avg, first, last and distinct count, all incremental (only accumulators are
+//! kept in state) and mergeable (session windows).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use runnel_spec::AggregateOp;
+use runnel_spec::validate::{WINDOW_END_FIELD, WINDOW_KEY_FIELD, WINDOW_START_FIELD};
+
+use crate::error::FnResult;
+use crate::windows::{TimeWindow, WindowAggregator};
+
+use super::expr::Expr;
+use super::value::Value;
+
+/// The accumulator of one aggregate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Acc {
+    Count(u64),
+    /// Integer sums stay exact until they overflow, then continue as floats.
+    SumInt(i64),
+    SumFloat(f64),
+    Min(Option<Value>),
+    Max(Option<Value>),
+    Avg {
+        sum: f64,
+        count: u64,
+    },
+    /// (event timestamp, value): first/last by event time, ties by arrival.
+    First(Option<(i64, Value)>),
+    Last(Option<(i64, Value)>),
+    Distinct(BTreeSet<Value>),
+}
+
+/// One named aggregate of a window step.
+#[derive(Clone, Debug)]
+pub struct AggregateDef {
+    pub name: String,
+    pub op: AggregateOp,
+    pub of: Option<Expr>,
+}
+
+/// Compares numbers by value (int 2 < double 2.5), anything else by the
+/// total order of values.
+fn cmp_values(a: &Value, b: &Value) -> std::cmp::Ordering {
+    match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) if std::mem::discriminant(a) != std::mem::discriminant(b) => {
+            x.total_cmp(&y)
+        }
+        _ => a.cmp(b),
+    }
+}
+
+impl AggregateDef {
+    fn create(&self) -> Acc {
+        match self.op {
+            AggregateOp::Count => Acc::Count(0),
+            AggregateOp::Sum => Acc::SumInt(0),
+            AggregateOp::Min => Acc::Min(None),
+            AggregateOp::Max => Acc::Max(None),
+            AggregateOp::Avg => Acc::Avg { sum: 0.0, count: 0 },
+            AggregateOp::First => Acc::First(None),
+            AggregateOp::Last => Acc::Last(None),
+            AggregateOp::DistinctCount => Acc::Distinct(BTreeSet::new()),
+        }
+    }
+
+    /// Adds a value (already evaluated; nulls are skipped except by count,
+    /// as in SQL). A non-numeric value for sum or avg is an error.
+    fn add(&self, acc: &mut Acc, v: Value, ts: i64) -> Result<(), String> {
+        if matches!(v, Value::Null) && !matches!(acc, Acc::Count(_)) {
+            return Ok(());
+        }
+        match acc {
+            Acc::Count(n) => *n += 1,
+            Acc::SumInt(s) => match v {
+                Value::Int(i) => match s.checked_add(i) {
+                    Some(x) => *s = x,
+                    None => *acc = Acc::SumFloat(*s as f64 + i as f64),
+                },
+                other => {
+                    let f = self.number(&other)?;
+                    *acc = Acc::SumFloat(*s as f64 + f);
+                }
+            },
+            Acc::SumFloat(s) => *s += self.number(&v)?,
+            Acc::Min(m) => {
+                if m.as_ref().is_none_or(|x| cmp_values(&v, x).is_lt()) {
+                    *m = Some(v);
+                }
+            }
+            Acc::Max(m) => {
+                if m.as_ref().is_none_or(|x| cmp_values(&v, x).is_gt()) {
+                    *m = Some(v);
+                }
+            }
+            Acc::Avg { sum, count } => {
+                *sum += self.number(&v)?;
+                *count += 1;
+            }
+            Acc::First(f) => {
+                if f.as_ref().is_none_or(|(t, _)| ts < *t) {
+                    *f = Some((ts, v));
+                }
+            }
+            Acc::Last(l) => {
+                if l.as_ref().is_none_or(|(t, _)| ts >= *t) {
+                    *l = Some((ts, v));
+                }
+            }
+            Acc::Distinct(set) => {
+                set.insert(v);
+            }
+        }
+        Ok(())
+    }
+
+    fn number(&self, v: &Value) -> Result<f64, String> {
+        v.as_f64().ok_or_else(|| {
+            format!(
+                "aggregate '{}' ({}) needs numbers, got {} ({v})",
+                self.name,
+                self.op.name(),
+                v.type_name()
+            )
+        })
+    }
+
+    fn merge(into: &mut Acc, other: Acc) {
+        match (into, other) {
+            (Acc::Count(a), Acc::Count(b)) => *a += b,
+            (a @ Acc::SumInt(_), b) | (a @ Acc::SumFloat(_), b) => {
+                let x = match (&*a, &b) {
+                    (Acc::SumInt(x), Acc::SumInt(y)) => match x.checked_add(*y) {
+                        Some(s) => Acc::SumInt(s),
+                        None => Acc::SumFloat(*x as f64 + *y as f64),
+                    },
+                    _ => Acc::SumFloat(sum_f64(a) + sum_f64(&b)),
+                };
+                *a = x;
+            }
+            (Acc::Min(a), Acc::Min(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|x| cmp_values(&b, x).is_lt())
+                {
+                    *a = Some(b);
+                }
+            }
+            (Acc::Max(a), Acc::Max(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|x| cmp_values(&b, x).is_gt())
+                {
+                    *a = Some(b);
+                }
+            }
+            (Acc::Avg { sum, count }, Acc::Avg { sum: s2, count: c2 }) => {
+                *sum += s2;
+                *count += c2;
+            }
+            (Acc::First(a), Acc::First(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|(t, _)| b.0 < *t)
+                {
+                    *a = Some(b);
+                }
+            }
+            (Acc::Last(a), Acc::Last(b)) => {
+                if let Some(b) = b
+                    && a.as_ref().is_none_or(|(t, _)| b.0 >= *t)
+                {
+                    *a = Some(b);
+                }
+            }
+            (Acc::Distinct(a), Acc::Distinct(b)) => a.extend(b),
+            // Accumulators of one definition always have the same kind.
+            _ => {}
+        }
+    }
+
+    fn result(acc: &Acc) -> Value {
+        match acc {
+            Acc::Count(n) => Value::Int(i64::try_from(*n).unwrap_or(i64::MAX)),
+            Acc::SumInt(s) => Value::Int(*s),
+            Acc::SumFloat(s) => Value::Float(*s),
+            Acc::Min(v) | Acc::Max(v) => v.clone().unwrap_or(Value::Null),
+            Acc::Avg { count: 0, .. } => Value::Null,
+            Acc::Avg { sum, count } => Value::Float(sum / *count as f64),
+            Acc::First(v) | Acc::Last(v) => {
+                v.as_ref().map(|(_, v)| v.clone()).unwrap_or(Value::Null)
+            }
+            Acc::Distinct(s) => Value::Int(s.len() as i64),
+        }
+    }
+}
+
+fn sum_f64(a: &Acc) -> f64 {
+    match a {
+        Acc::SumInt(x) => *x as f64,
+        Acc::SumFloat(x) => *x,
+        _ => 0.0,
+    }
+}
+
+/// All aggregates of a window step. Bad values (a string to sum, an
+/// expression that fails) are skipped and counted, never fail the job: the
+/// same record would fail it again after every restart.
+#[derive(Clone)]
+pub struct RecordAggregator {
+    pub defs: Arc<[AggregateDef]>,
+    pub skipped: Arc<AtomicU64>,
+    pub step: Arc<str>,
+}
+
+impl RecordAggregator {
+    fn skip(&self, message: &str) {
+        let n = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n.is_power_of_two() {
+            tracing::warn!(step = %self.step, skipped = n, "skipping a value: {message}");
+        }
+    }
+}
+
+impl WindowAggregator<Value, Value> for RecordAggregator {
+    type Acc = Vec<Acc>;
+    type Out = Value;
+
+    fn create(&self) -> Vec<Acc> {
+        self.defs.iter().map(AggregateDef::create).collect()
+    }
+
+    fn add(&self, acc: &mut Vec<Acc>, value: &Value, ts: i64) -> FnResult {
+        for (d, a) in self.defs.iter().zip(acc.iter_mut()) {
+            let v = match &d.of {
+                None => Value::Null,
+                Some(e) => match e.eval(value) {
+                    Ok(v) => v,
+                    Err(m) => {
+                        self.skip(&m);
+                        continue;
+                    }
+                },
+            };
+            if let Err(m) = d.add(a, v, ts) {
+                self.skip(&m);
+            }
+        }
+        Ok(())
+    }
+
+    fn merge(&self, into: &mut Vec<Acc>, other: Vec<Acc>) {
+        for (a, b) in into.iter_mut().zip(other) {
+            AggregateDef::merge(a, b);
+        }
+    }
+
+    fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Vec<Acc>) -> FnResult<Value> {
+        let mut out = BTreeMap::new();
+        out.insert(WINDOW_KEY_FIELD.to_string(), key.clone());
+        if let Some(w) = window {
+            out.insert(WINDOW_START_FIELD.to_string(), Value::Int(w.start));
+            out.insert(WINDOW_END_FIELD.to_string(), Value::Int(w.end));
+        }
+        for (d, a) in self.defs.iter().zip(acc) {
+            out.insert(d.name.clone(), AggregateDef::result(a));
+        }
+        Ok(Value::Map(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(op: AggregateOp) -> AggregateDef {
+        AggregateDef {
+            name: "a".into(),
+            op,
+            of: Some(Expr::compile("v").unwrap()),
+        }
+    }
+
+    fn run(op: AggregateOp, vals: &[(i64, Value)]) -> Value {
+        let d = def(op);
+        let mut acc = d.create();
+        for (ts, v) in vals {
+            d.add(&mut acc, v.clone(), *ts).unwrap();
+        }
+        AggregateDef::result(&acc)
+    }
+
+    #[test]
+    fn each_aggregate() {
+        let vals = [
+            (5, Value::Int(3)),
+            (1, Value::Int(7)),
+            (9, Value::Null),
+            (3, Value::Int(3)),
+            (7, Value::Float(0.5)),
+        ];
+        assert_eq!(run(AggregateOp::Count, &vals), Value::Int(5));
+        assert_eq!(run(AggregateOp::Sum, &vals), Value::Float(13.5));
+        assert_eq!(run(AggregateOp::Sum, &vals[..4]), Value::Int(13));
+        assert_eq!(run(AggregateOp::Min, &vals), Value::Float(0.5));
+        assert_eq!(run(AggregateOp::Max, &vals), Value::Int(7));
+        assert_eq!(run(AggregateOp::Avg, &vals), Value::Float(13.5 / 4.0));
+        assert_eq!(run(AggregateOp::First, &vals), Value::Int(7));
+        assert_eq!(run(AggregateOp::Last, &vals), Value::Float(0.5));
+        assert_eq!(run(AggregateOp::DistinctCount, &vals), Value::Int(3));
+        assert_eq!(run(AggregateOp::Avg, &[]), Value::Null);
+        assert_eq!(run(AggregateOp::Min, &[]), Value::Null);
+    }
+
+    #[test]
+    fn sums_overflow_into_floats_and_merge() {
+        let d = def(AggregateOp::Sum);
+        let mut a = d.create();
+        d.add(&mut a, Value::Int(i64::MAX), 0).unwrap();
+        d.add(&mut a, Value::Int(1), 0).unwrap();
+        assert_eq!(a, Acc::SumFloat(i64::MAX as f64 + 1.0));
+        let mut x = Acc::SumInt(2);
+        AggregateDef::merge(&mut x, Acc::SumInt(3));
+        assert_eq!(x, Acc::SumInt(5));
+        let mut f = Acc::First(Some((5, Value::Int(1))));
+        AggregateDef::merge(&mut f, Acc::First(Some((2, Value::Int(2)))));
+        assert_eq!(AggregateDef::result(&f), Value::Int(2));
+    }
+
+    #[test]
+    fn non_numbers_are_errors_for_sum() {
+        let d = def(AggregateOp::Sum);
+        let mut a = d.create();
+        let e = d.add(&mut a, Value::String("x".into()), 0).unwrap_err();
+        assert_eq!(e, "aggregate 'a' (sum) needs numbers, got string (\"x\")");
+    }
+}

@@ -1,0 +1,759 @@
+//! Spec to dataflow. The runtime validates the spec again here (the spec
+//! crate's checks, then everything that needs the engine: CEL compilation,
+//! field references it can check, registered operators and connectors) and
+//! reports every error with its path before anything runs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use runnel_spec::validate::{WINDOW_END_FIELD, WINDOW_KEY_FIELD, WINDOW_START_FIELD};
+use runnel_spec::{
+    CheckpointModeSpec, FieldGen, JobSpec, Path, RestartKind, SpecError, StepSpec, TimeKind,
+    TtlUpdate, TtlVisibility, WindowKind,
+};
+
+use crate::config::{CheckpointConfig, CheckpointMode, JobConfig};
+use crate::error::JobError;
+use crate::executor::{JobClient, JobOutcome};
+use crate::functions::TimeDomain;
+use crate::graph::{DataStream, StreamEnv};
+use crate::restart::RestartStrategy;
+use crate::sources::FromElements;
+use crate::state::ttl::{TtlConfig, UpdateType, Visibility};
+use crate::watermark::WatermarkStrategy;
+use crate::windows::{self, Dedup, WindowAssigner, WindowOptions};
+
+use super::aggregates::{AggregateDef, RecordAggregator};
+use super::expr::Expr;
+use super::generator::GeneratorSourceFn;
+use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
+use super::sinks::{FileSink, StdoutSink};
+use super::value::Value;
+
+/// A job built from a spec, ready to run.
+pub struct BuiltJob {
+    env: StreamEnv,
+    pub name: String,
+}
+
+impl BuiltJob {
+    pub fn config(&self) -> &JobConfig {
+        self.env.config()
+    }
+    /// Adjust the configuration before running (restore settings, clock).
+    pub fn config_mut(&mut self) -> &mut JobConfig {
+        self.env.config_mut()
+    }
+    pub fn execute(self) -> Result<JobOutcome, JobError> {
+        self.env.execute()
+    }
+    pub fn execute_async(self) -> Result<JobClient, JobError> {
+        self.env.execute_async()
+    }
+    pub fn into_env(self) -> StreamEnv {
+        self.env
+    }
+}
+
+/// Builds a bare job spec (error paths start at the job's fields).
+pub fn build(spec: &JobSpec, registry: &ConnectorRegistry) -> Result<BuiltJob, Vec<SpecError>> {
+    build_at(spec, registry, "")
+}
+
+/// Validates without running (the runtime's full validation).
+pub fn validate(spec: &JobSpec, registry: &ConnectorRegistry) -> Vec<SpecError> {
+    match build(spec, registry) {
+        Ok(_) => Vec::new(),
+        Err(e) => e,
+    }
+}
+
+/// Builds a job whose error paths start with `root` (`spec.job` for a StreamJob).
+pub fn build_at(
+    spec: &JobSpec,
+    registry: &ConnectorRegistry,
+    root: &str,
+) -> Result<BuiltJob, Vec<SpecError>> {
+    let errors = runnel_spec::validate(spec, root);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let mut b = Builder {
+        spec,
+        registry,
+        root: Path::root(root),
+        errors: Vec::new(),
+    };
+    let env = StreamEnv::new(b.config());
+    b.graph(&env);
+    if b.errors.is_empty() {
+        Ok(BuiltJob {
+            env,
+            name: spec.name.clone(),
+        })
+    } else {
+        Err(b.errors)
+    }
+}
+
+/// Fields known to be in every record at a point of the pipeline, with the
+/// type when known (`None` = the set itself is unknown, e.g. after Kafka).
+type Known = Option<BTreeMap<String, Option<&'static str>>>;
+
+struct Builder<'a> {
+    spec: &'a JobSpec,
+    registry: &'a ConnectorRegistry,
+    root: Path,
+    errors: Vec<SpecError>,
+}
+
+fn ms(d: &runnel_spec::DurationSpec) -> u64 {
+    // Already validated by the spec crate.
+    d.millis().unwrap_or(0)
+}
+
+/// Counts and logs records dropped because an expression failed on them.
+#[derive(Clone)]
+struct Dropped {
+    step: Arc<str>,
+    n: Arc<AtomicU64>,
+}
+
+impl Dropped {
+    fn new(step: &str) -> Self {
+        Dropped {
+            step: step.into(),
+            n: Arc::default(),
+        }
+    }
+    fn record(&self, message: &str) {
+        let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == 1 || n.is_power_of_two() {
+            tracing::warn!(step = %self.step, dropped = n, "dropping a record: {message}");
+        }
+    }
+}
+
+fn ttl_config(t: &runnel_spec::StateTtlSpec) -> TtlConfig {
+    TtlConfig::new(Duration::from_millis(ms(&t.ttl)))
+        .update_type(match t.update {
+            TtlUpdate::OnCreateAndWrite => UpdateType::OnCreateAndWrite,
+            TtlUpdate::OnReadAndWrite => UpdateType::OnReadAndWrite,
+        })
+        .visibility(match t.visibility {
+            TtlVisibility::NeverReturnExpired => Visibility::NeverReturnExpired,
+            TtlVisibility::ReturnExpiredIfNotCleanedUp => Visibility::ReturnExpiredIfNotCleanedUp,
+        })
+        .cleanup_full_snapshot()
+}
+
+impl Builder<'_> {
+    fn err(&mut self, p: &Path, m: impl Into<String>) {
+        self.errors.push(p.err(m));
+    }
+
+    fn config(&self) -> JobConfig {
+        let s = self.spec;
+        let mut c = JobConfig::new(&s.name);
+        if let Some(p) = s.parallelism {
+            c.parallelism = p;
+        }
+        if let Some(m) = s.max_parallelism {
+            c.max_parallelism = m;
+        }
+        if let Some(k) = &s.checkpoint {
+            let d = CheckpointConfig::default();
+            c.checkpoint = CheckpointConfig {
+                interval_ms: Some(ms(&k.interval)),
+                storage: Some(k.storage.clone()),
+                mode: match k.mode {
+                    CheckpointModeSpec::ExactlyOnce => CheckpointMode::ExactlyOnce,
+                    CheckpointModeSpec::AtLeastOnce => CheckpointMode::AtLeastOnce,
+                },
+                unaligned: k.unaligned,
+                timeout_ms: k.timeout.as_ref().map(ms).unwrap_or(d.timeout_ms),
+                min_pause_ms: k.min_pause.as_ref().map(ms).unwrap_or(d.min_pause_ms),
+                retained: k.retained.unwrap_or(d.retained),
+                tolerable_failures: k.tolerable_failures.unwrap_or(d.tolerable_failures),
+                ..d
+            };
+        }
+        if let Some(r) = &s.restart {
+            let delay = r.delay.as_ref().map(ms).unwrap_or(1000);
+            c.restart = match r.kind {
+                RestartKind::None => RestartStrategy::None,
+                RestartKind::FixedDelay => RestartStrategy::FixedDelay {
+                    attempts: r.attempts.unwrap_or(3),
+                    delay_ms: delay,
+                },
+                RestartKind::ExponentialBackoff => {
+                    let max = r
+                        .max_delay
+                        .as_ref()
+                        .map(ms)
+                        .unwrap_or(60_000)
+                        .max(delay.max(1));
+                    RestartStrategy::ExponentialBackoff {
+                        initial_ms: delay.max(1),
+                        max_ms: max,
+                        multiplier: 2.0,
+                        reset_after_ms: max * 2,
+                        max_attempts: None,
+                    }
+                }
+                RestartKind::FailureRate => RestartStrategy::FailureRate {
+                    max_failures_per_interval: r.max_failures.unwrap_or(1),
+                    interval_ms: r.interval.as_ref().map(ms).unwrap_or(60_000),
+                    delay_ms: delay,
+                },
+            };
+        }
+        c
+    }
+
+    fn compile(&mut self, p: &Path, src: &str, known: &Known) -> Option<Expr> {
+        match Expr::compile(src) {
+            Ok(e) => {
+                self.check_fields(p, &e, known);
+                Some(e)
+            }
+            Err(m) => {
+                self.err(p, m);
+                None
+            }
+        }
+    }
+
+    fn check_fields(&mut self, p: &Path, e: &Expr, known: &Known) {
+        let (Some(known), Some(fields)) = (known, e.fields()) else {
+            return;
+        };
+        for f in fields {
+            if !known.contains_key(&f) {
+                let names: Vec<&str> = known.keys().map(String::as_str).collect();
+                self.err(
+                    p,
+                    format!(
+                        "unknown field '{f}' (records here have: {})",
+                        names.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The type of a plain field path expression, when known.
+    fn field_type(e: &Expr, known: &Known) -> Option<&'static str> {
+        let known = known.as_ref()?;
+        let fields = e.fields()?;
+        if fields.len() == 1 && e.source() == fields[0] {
+            known.get(&fields[0]).copied().flatten()
+        } else {
+            None
+        }
+    }
+
+    fn source_fields(s: &runnel_spec::SourceSpec) -> Known {
+        if let Some(g) = &s.generator {
+            return Some(
+                g.fields
+                    .iter()
+                    .map(|(k, f)| {
+                        let t = match f {
+                            FieldGen::Key { prefix: Some(_) } => Some("string"),
+                            FieldGen::Key { prefix: None }
+                            | FieldGen::Sequence { .. }
+                            | FieldGen::Random { .. }
+                            | FieldGen::Timestamp { .. } => Some("int"),
+                            FieldGen::Constant { value } => {
+                                Some(Value::from_json(&value.0).type_name())
+                            }
+                            FieldGen::Choice { values, .. } => {
+                                let types: BTreeSet<&str> = values
+                                    .iter()
+                                    .map(|v| Value::from_json(&v.0).type_name())
+                                    .collect();
+                                if types.len() == 1 {
+                                    types.into_iter().next()
+                                } else {
+                                    None
+                                }
+                            }
+                        };
+                        (k.clone(), t)
+                    })
+                    .collect(),
+            );
+        }
+        if let Some(els) = &s.elements {
+            // Fields present in every element (a field missing from some is
+            // null there, which an expression may handle on purpose).
+            let mut all: Option<BTreeMap<String, Option<&'static str>>> = None;
+            for e in els {
+                let serde_json::Value::Object(o) = &e.0 else {
+                    return None;
+                };
+                let this: BTreeMap<String, Option<&'static str>> = o
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Some(Value::from_json(v).type_name())))
+                    .collect();
+                all = Some(match all {
+                    None => this,
+                    Some(prev) => prev
+                        .into_iter()
+                        .filter(|(k, _)| this.contains_key(k))
+                        .map(|(k, t)| {
+                            let same = this.get(&k).copied().flatten() == t;
+                            (k, if same { t } else { None })
+                        })
+                        .collect(),
+                });
+            }
+            return all;
+        }
+        None
+    }
+
+    fn graph(&mut self, env: &StreamEnv) {
+        let spec = self.spec;
+        let root = self.root.clone();
+        // Sources.
+        let mut stream: Option<DataStream<Value>> = None;
+        let mut known: Known = Some(BTreeMap::new());
+        let mut first = true;
+        for (i, s) in spec.sources.iter().enumerate() {
+            let p = root.field("sources").index(i);
+            let fields = Self::source_fields(s);
+            let wm = s.watermark.as_ref().and_then(|w| {
+                let mut st = WatermarkStrategy::<Value>::bounded_out_of_orderness(
+                    Duration::from_millis(w.max_out_of_orderness.as_ref().map(ms).unwrap_or(0)),
+                );
+                if let Some(t) = &w.timestamp {
+                    let e = self.compile(&p.field("watermark").field("timestamp"), t, &fields)?;
+                    let dropped = Dropped::new(&s.name);
+                    st = st.with_timestamp_assigner(move |v: &Value, _| match e.eval(v) {
+                        Ok(Value::Int(ts)) => ts,
+                        Ok(Value::UInt(ts)) => i64::try_from(ts).unwrap_or(i64::MAX),
+                        Ok(other) => {
+                            dropped.record(&format!(
+                                "timestamp `{}` gave {} ({other}), not epoch milliseconds; the record is late",
+                                e.source(),
+                                other.type_name()
+                            ));
+                            i64::MIN
+                        }
+                        Err(m) => {
+                            dropped.record(&format!("{m}; the record is late"));
+                            i64::MIN
+                        }
+                    });
+                }
+                if let Some(idle) = &w.idleness {
+                    st = st.with_idleness(Duration::from_millis(ms(idle)));
+                }
+                Some(st)
+            });
+            let mut ds = if let Some(g) = &s.generator {
+                Some(env.add_source_with_watermarks(&s.name, GeneratorSourceFn::new(g), wm))
+            } else if let Some(els) = &s.elements {
+                let items: Vec<Value> = els.iter().map(|e| Value::from_json(&e.0)).collect();
+                Some(env.add_source_with_watermarks(&s.name, FromElements::new(items), wm))
+            } else if let Some(k) = &s.kafka {
+                match self.registry.kafka() {
+                    None => {
+                        self.err(
+                            &p.field("kafka"),
+                            "this runtime has no Kafka connector (build it with one registered in ConnectorRegistry)",
+                        );
+                        None
+                    }
+                    Some(c) => match c.source(env, &s.name, k, spec, wm) {
+                        Ok(ds) => Some(ds),
+                        Err(m) => {
+                            self.err(&p.field("kafka"), m);
+                            None
+                        }
+                    },
+                }
+            } else {
+                None
+            };
+            if let Some(par) = s.parallelism {
+                ds = ds.map(|d| d.set_parallelism(par));
+            }
+            known = if first {
+                fields
+            } else {
+                match (known, fields) {
+                    (Some(a), Some(b)) => {
+                        Some(a.into_iter().filter(|(k, _)| b.contains_key(k)).collect())
+                    }
+                    _ => None,
+                }
+            };
+            first = false;
+            stream = match (stream, ds) {
+                (Some(a), Some(b)) => Some(a.union(b)),
+                (a, b) => a.or(b),
+            };
+        }
+
+        // Steps.
+        let mut side: BTreeMap<String, DataStream<Value>> = BTreeMap::new();
+        let mut key_by: Option<Expr> = None;
+        for (i, step) in spec.steps.iter().enumerate() {
+            let p = root.field("steps").index(i);
+            let uid = step.uid(i);
+            let (s, k) = self.step(
+                &p,
+                &uid,
+                step,
+                stream.take(),
+                known.clone(),
+                key_by.take(),
+                &mut side,
+            );
+            stream = s.0;
+            known = s.1;
+            key_by = k;
+        }
+
+        // Sinks.
+        let checkpointing = spec.checkpoint.is_some();
+        for (i, s) in spec.sinks.iter().enumerate() {
+            let p = root.field("sinks").index(i);
+            let input = match &s.from {
+                Some(name) => side.get(name).map(|d| d.fork()),
+                None => stream.as_ref().map(|d| d.fork()),
+            };
+            if let Some(k) = &s.kafka
+                && let Some(key) = &k.key
+            {
+                self.compile(&p.field("kafka").field("key"), key, &known);
+            }
+            let Some(input) = input else { continue };
+            if let Some(o) = &s.stdout {
+                let prefix = o.prefix.then(|| s.name.clone());
+                input.sink(&s.name, StdoutSink { prefix });
+            } else if let Some(f) = &s.file {
+                let sink = FileSink::new(PathBuf::from(&f.path), checkpointing);
+                input.sink(&s.name, sink);
+            } else if let Some(k) = &s.kafka {
+                match self.registry.kafka() {
+                    None => self.err(
+                        &p.field("kafka"),
+                        "this runtime has no Kafka connector (build it with one registered in ConnectorRegistry)",
+                    ),
+                    Some(c) => {
+                        if let Err(m) = c.sink(input, &s.name, k, spec) {
+                            self.err(&p.field("kafka"), m);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn step(
+        &mut self,
+        p: &Path,
+        uid: &str,
+        step: &StepSpec,
+        stream: Option<DataStream<Value>>,
+        known: Known,
+        key_by: Option<Expr>,
+        side: &mut BTreeMap<String, DataStream<Value>>,
+    ) -> ((Option<DataStream<Value>>, Known), Option<Expr>) {
+        let par = step.parallelism;
+        let set_par = |d: DataStream<Value>| match par {
+            Some(n) => d.set_parallelism(n),
+            None => d,
+        };
+        if let Some(f) = &step.filter {
+            let e = self.compile(&p.field("filter"), f, &known);
+            if let Some(t) = e.as_ref().and_then(|e| Self::field_type(e, &known))
+                && t != "bool"
+            {
+                self.err(
+                    &p.field("filter"),
+                    format!("must give a bool, but the field is a {t}"),
+                );
+            }
+            let out = match (stream, e) {
+                (Some(d), Some(e)) => {
+                    let dropped = Dropped::new(uid);
+                    Some(set_par(d.filter(move |v| match e.eval_bool(v) {
+                        Ok(b) => b,
+                        Err(m) => {
+                            dropped.record(&m);
+                            false
+                        }
+                    })))
+                }
+                _ => None,
+            };
+            return ((out, known), None);
+        }
+        if let Some(m) = &step.map {
+            let mut exprs = Vec::new();
+            let mut out_known: Known = if m.keep {
+                known.clone()
+            } else {
+                Some(BTreeMap::new())
+            };
+            for (name, src) in &m.fields {
+                if let Some(e) =
+                    self.compile(&p.field("map").field("fields").field(name), src, &known)
+                {
+                    let t = Self::field_type(&e, &known);
+                    if let Some(k) = &mut out_known {
+                        k.insert(name.clone(), t);
+                    }
+                    exprs.push((name.clone(), e));
+                }
+            }
+            let ok = exprs.len() == m.fields.len();
+            let keep = m.keep;
+            let out = match stream {
+                Some(d) if ok => {
+                    let exprs: Arc<[(String, Expr)]> = exprs.into();
+                    let dropped = Dropped::new(uid);
+                    Some(set_par(d.flat_map(move |v: Value, c| {
+                        let mut out = match (&v, keep) {
+                            (Value::Map(m), true) => m.clone(),
+                            _ => BTreeMap::new(),
+                        };
+                        for (name, e) in exprs.iter() {
+                            match e.eval(&v) {
+                                Ok(x) => {
+                                    out.insert(name.clone(), x);
+                                }
+                                Err(m) => {
+                                    dropped.record(&m);
+                                    return;
+                                }
+                            }
+                        }
+                        c.collect(Value::Map(out));
+                    })))
+                }
+                _ => None,
+            };
+            return ((out, out_known), None);
+        }
+        if let Some(k) = &step.key_by {
+            let e = self.compile(&p.field("keyBy"), k, &known);
+            return ((stream, known), e);
+        }
+        if let Some(f) = &step.flat_map {
+            let e = self.compile(&p.field("flatMap").field("expr"), &f.expr, &known);
+            if let Some(t) = e.as_ref().and_then(|e| Self::field_type(e, &known))
+                && t != "list"
+            {
+                self.err(
+                    &p.field("flatMap").field("expr"),
+                    format!("must give a list, but the field is a {t}"),
+                );
+            }
+            let as_field = f.as_field.clone();
+            let out_known = match (&as_field, known) {
+                (Some(a), Some(mut k)) => {
+                    k.insert(a.clone(), None);
+                    Some(k)
+                }
+                _ => None,
+            };
+            let out = match (stream, e) {
+                (Some(d), Some(e)) => {
+                    let dropped = Dropped::new(uid);
+                    Some(set_par(d.flat_map(move |v: Value, c| match e.eval(&v) {
+                        Ok(Value::List(items)) => {
+                            for item in items {
+                                match (&as_field, &v, item) {
+                                    (Some(a), Value::Map(m), item) => {
+                                        let mut m = m.clone();
+                                        m.insert(a.clone(), item);
+                                        c.collect(Value::Map(m));
+                                    }
+                                    (None, _, item @ Value::Map(_)) => c.collect(item),
+                                    (_, _, item) => dropped.record(&format!(
+                                        "flatMap element {item} is not a map (set `as` to name a field for it)"
+                                    )),
+                                }
+                            }
+                        }
+                        Ok(Value::Null) => {}
+                        Ok(other) => dropped.record(&format!(
+                            "`{}` gave {} ({other}), not a list",
+                            e.source(),
+                            other.type_name()
+                        )),
+                        Err(m) => dropped.record(&m),
+                    })))
+                }
+                _ => None,
+            };
+            return ((out, out_known), None);
+        }
+        if let Some(w) = &step.window {
+            let wp = p.field("window");
+            let mut defs = Vec::new();
+            for (name, a) in &w.aggregates {
+                let of = match &a.of {
+                    Some(src) => {
+                        let e = self.compile(
+                            &wp.field("aggregates").field(name).field("of"),
+                            src,
+                            &known,
+                        );
+                        if let Some(e) = &e
+                            && matches!(
+                                a.op,
+                                runnel_spec::AggregateOp::Sum | runnel_spec::AggregateOp::Avg
+                            )
+                            && let Some(t) = Self::field_type(e, &known)
+                            && !matches!(t, "int" | "uint" | "double")
+                        {
+                            self.err(
+                                &wp.field("aggregates").field(name).field("of"),
+                                format!("{} needs numbers, but the field is a {t}", a.op.name()),
+                            );
+                        }
+                        match e {
+                            Some(e) => Some(e),
+                            None => continue,
+                        }
+                    }
+                    None => None,
+                };
+                defs.push(AggregateDef {
+                    name: name.clone(),
+                    op: a.op,
+                    of,
+                });
+            }
+            let time = match w.time {
+                TimeKind::Event => TimeDomain::EventTime,
+                TimeKind::Processing => TimeDomain::ProcessingTime,
+            };
+            let assigner = match w.kind {
+                WindowKind::Tumbling => WindowAssigner::Tumbling {
+                    size_ms: w.size.as_ref().map(ms).unwrap_or(1) as i64,
+                },
+                WindowKind::Sliding => WindowAssigner::Sliding {
+                    size_ms: w.size.as_ref().map(ms).unwrap_or(1) as i64,
+                    slide_ms: w.slide.as_ref().map(ms).unwrap_or(1) as i64,
+                },
+                WindowKind::Session => WindowAssigner::Session {
+                    gap_ms: w.gap.as_ref().map(ms).unwrap_or(1) as i64,
+                },
+                WindowKind::Count => WindowAssigner::Count {
+                    size: w.count.unwrap_or(1),
+                },
+            };
+            let mut opts = WindowOptions::new(assigner, time)
+                .parallelism(par)
+                .allowed_lateness_ms(w.allowed_lateness.as_ref().map(ms).unwrap_or(0) as i64);
+            if let Some(t) = &w.state_ttl {
+                opts = opts.state_ttl(ttl_config(t));
+            }
+            let mut out_known: BTreeMap<String, Option<&'static str>> = BTreeMap::new();
+            out_known.insert(WINDOW_KEY_FIELD.into(), None);
+            if w.kind != WindowKind::Count {
+                out_known.insert(WINDOW_START_FIELD.into(), Some("int"));
+                out_known.insert(WINDOW_END_FIELD.into(), Some("int"));
+            }
+            for d in &defs {
+                let t = match d.op {
+                    runnel_spec::AggregateOp::Count | runnel_spec::AggregateOp::DistinctCount => {
+                        Some("int")
+                    }
+                    runnel_spec::AggregateOp::Avg => Some("double"),
+                    _ => None,
+                };
+                out_known.insert(d.name.clone(), t);
+            }
+            let ok = defs.len() == w.aggregates.len();
+            let out = match (stream, key_by, ok) {
+                (Some(d), Some(key), true) => {
+                    let keyed = keyed(d, key, uid);
+                    let agg = RecordAggregator {
+                        defs: defs.into(),
+                        skipped: Arc::default(),
+                        step: uid.into(),
+                    };
+                    let out = windows::window(keyed, uid, opts, agg);
+                    if let Some(name) = &w.late_output {
+                        side.insert(name.clone(), out.late);
+                    }
+                    Some(out.results)
+                }
+                _ => None,
+            };
+            return ((out, Some(out_known)), None);
+        }
+        if let Some(d) = &step.dedup {
+            let e = self.compile(&p.field("dedup").field("key"), &d.key, &known);
+            let out = match (stream, e) {
+                (Some(s), Some(e)) => {
+                    let ttl = Duration::from_millis(ms(&d.ttl));
+                    Some(set_par(keyed(s, e, uid).process(uid, Dedup::new(ttl))))
+                }
+                _ => None,
+            };
+            return ((out, known), None);
+        }
+        if let Some(o) = &step.operator {
+            let op = self.registry.operator(&o.name).cloned();
+            let Some(op) = op else {
+                let names = self.registry.operator_names().join(", ");
+                self.err(
+                    &p.field("operator").field("name"),
+                    format!(
+                        "unknown operator '{}' (registered: {})",
+                        o.name,
+                        if names.is_empty() { "none" } else { &names }
+                    ),
+                );
+                return ((None, None), None);
+            };
+            let out = match stream {
+                Some(d) => {
+                    let input = match key_by {
+                        Some(k) => OperatorInput::Keyed(keyed(d, k, uid)),
+                        None => OperatorInput::Stream(d),
+                    };
+                    let ctx = OperatorContext {
+                        name: uid,
+                        config: &o.config.0,
+                    };
+                    match op.apply(input, &ctx) {
+                        Ok(d) => Some(set_par(d)),
+                        Err(m) => {
+                            self.err(&p.field("operator").field("config"), m);
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            return ((out, None), None);
+        }
+        ((stream, known), None)
+    }
+}
+
+fn keyed(d: DataStream<Value>, key: Expr, uid: &str) -> crate::graph::KeyedStream<Value, Value> {
+    let dropped = Dropped::new(uid);
+    d.key_by(move |v: &Value| match key.eval(v) {
+        Ok(k) => k,
+        Err(m) => {
+            dropped.record(&format!("{m}; using the null key"));
+            Value::Null
+        }
+    })
+}

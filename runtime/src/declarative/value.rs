@@ -1,0 +1,271 @@
+//! The record type of declarative jobs: a dynamically typed value, serializable
+//! with postcard (unaligned checkpoints and keys need that; `serde_json::Value`
+//! is not, since postcard cannot deserialize self-describing data), and a valid
+//! key (total equality, ordering and hashing, floats by their total order).
+
+use std::cmp::Ordering;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+/// A field value or a whole record (a record is a `Map`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    String(String),
+    Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
+    List(Vec<Value>),
+    Map(BTreeMap<String, Value>),
+}
+
+impl Value {
+    fn rank(&self) -> u8 {
+        match self {
+            Value::Null => 0,
+            Value::Bool(_) => 1,
+            Value::Int(_) => 2,
+            Value::UInt(_) => 3,
+            Value::Float(_) => 4,
+            Value::String(_) => 5,
+            Value::Bytes(_) => 6,
+            Value::List(_) => 7,
+            Value::Map(_) => 8,
+        }
+    }
+
+    /// A field of a map (None for missing fields and non-maps).
+    pub fn get(&self, field: &str) -> Option<&Value> {
+        match self {
+            Value::Map(m) => m.get(field),
+            _ => None,
+        }
+    }
+
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::UInt(_) => "uint",
+            Value::Float(_) => "double",
+            Value::String(_) => "string",
+            Value::Bytes(_) => "bytes",
+            Value::List(_) => "list",
+            Value::Map(_) => "map",
+        }
+    }
+
+    /// The value as a number, for sums and averages.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::UInt(u) => Some(*u as f64),
+            Value::Float(f) => Some(*f),
+            _ => None,
+        }
+    }
+
+    /// Converts JSON (inline elements, generator constants).
+    pub fn from_json(v: &serde_json::Value) -> Value {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    Value::Int(i)
+                } else if let Some(u) = n.as_u64() {
+                    Value::UInt(u)
+                } else {
+                    Value::Float(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            serde_json::Value::String(s) => Value::String(s.clone()),
+            serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
+            serde_json::Value::Object(o) => Value::Map(
+                o.iter()
+                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// Converts to JSON for output. Bytes become a string when they are
+    /// UTF-8 and a list of numbers otherwise; non-finite floats become null
+    /// (JSON has no NaN).
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::UInt(u) => (*u).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::String(s) => s.clone().into(),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) => s.into(),
+                Err(_) => b.iter().map(|x| serde_json::Value::from(*x)).collect(),
+            },
+            Value::List(l) => l.iter().map(Value::to_json).collect(),
+            Value::Map(m) => {
+                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
+            }
+        }
+    }
+
+    /// Converts to a CEL value.
+    pub fn to_cel(&self) -> cel::Value {
+        match self {
+            Value::Null => cel::Value::Null,
+            Value::Bool(b) => cel::Value::Bool(*b),
+            Value::Int(i) => cel::Value::Int(*i),
+            Value::UInt(u) => cel::Value::UInt(*u),
+            Value::Float(f) => cel::Value::Float(*f),
+            Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+            Value::Bytes(b) => cel::Value::Bytes(Arc::new(b.clone())),
+            Value::List(l) => cel::Value::List(Arc::new(l.iter().map(Value::to_cel).collect())),
+            Value::Map(m) => {
+                let h: std::collections::HashMap<String, cel::Value> =
+                    m.iter().map(|(k, v)| (k.clone(), v.to_cel())).collect();
+                h.into()
+            }
+        }
+    }
+
+    /// Converts a CEL result. Timestamps become epoch milliseconds and
+    /// durations milliseconds, so they fit event time and JSON output.
+    pub fn from_cel(v: &cel::Value) -> Result<Value, String> {
+        Ok(match v {
+            cel::Value::Null => Value::Null,
+            cel::Value::Bool(b) => Value::Bool(*b),
+            cel::Value::Int(i) => Value::Int(*i),
+            cel::Value::UInt(u) => Value::UInt(*u),
+            cel::Value::Float(f) => Value::Float(*f),
+            cel::Value::String(s) => Value::String(s.as_str().to_string()),
+            cel::Value::Bytes(b) => Value::Bytes(b.as_slice().to_vec()),
+            cel::Value::List(l) => {
+                Value::List(l.iter().map(Value::from_cel).collect::<Result<_, _>>()?)
+            }
+            cel::Value::Map(m) => {
+                let mut out = BTreeMap::new();
+                for (k, v) in m.map.iter() {
+                    let k = match k {
+                        cel::objects::Key::String(s) => s.as_str().to_string(),
+                        cel::objects::Key::Int(i) => i.to_string(),
+                        cel::objects::Key::Uint(u) => u.to_string(),
+                        cel::objects::Key::Bool(b) => b.to_string(),
+                    };
+                    out.insert(k, Value::from_cel(v)?);
+                }
+                Value::Map(out)
+            }
+            cel::Value::Timestamp(t) => Value::Int(t.timestamp_millis()),
+            cel::Value::Duration(d) => Value::Int(d.num_milliseconds()),
+            other => {
+                return Err(format!(
+                    "a CEL {:?} cannot be stored in a record",
+                    other.type_of()
+                ));
+            }
+        })
+    }
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Value {}
+
+impl PartialOrd for Value {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Value {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (self, other) {
+            (Value::Null, Value::Null) => Ordering::Equal,
+            (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+            (Value::Int(a), Value::Int(b)) => a.cmp(b),
+            (Value::UInt(a), Value::UInt(b)) => a.cmp(b),
+            (Value::Float(a), Value::Float(b)) => a.total_cmp(b),
+            (Value::String(a), Value::String(b)) => a.cmp(b),
+            (Value::Bytes(a), Value::Bytes(b)) => a.cmp(b),
+            (Value::List(a), Value::List(b)) => a.cmp(b),
+            (Value::Map(a), Value::Map(b)) => a.cmp(b),
+            (a, b) => a.rank().cmp(&b.rank()),
+        }
+    }
+}
+
+impl Hash for Value {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.rank().hash(state);
+        match self {
+            Value::Null => {}
+            Value::Bool(b) => b.hash(state),
+            Value::Int(i) => i.hash(state),
+            Value::UInt(u) => u.hash(state),
+            Value::Float(f) => f.to_bits().hash(state),
+            Value::String(s) => s.hash(state),
+            Value::Bytes(b) => b.hash(state),
+            Value::List(l) => l.hash(state),
+            Value::Map(m) => m.hash(state),
+        }
+    }
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.to_json())
+    }
+}
+
+/// Builds a record from (field, value) pairs.
+pub fn record<const N: usize>(fields: [(&str, Value); N]) -> Value {
+    Value::Map(
+        fields
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_round_trip_and_postcard() {
+        let j = serde_json::json!({"a": 1, "b": [true, null, 2.5, "x"], "c": {"d": -3}});
+        let v = Value::from_json(&j);
+        assert_eq!(v.to_json(), j);
+        let bytes = postcard::to_allocvec(&v).unwrap();
+        let back: Value = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn floats_are_totally_ordered_keys() {
+        assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
+        assert_ne!(Value::Int(1), Value::Float(1.0));
+        assert!(Value::Int(1) < Value::Int(2));
+    }
+
+    #[test]
+    fn cel_round_trip() {
+        let v = record([("n", Value::Int(3)), ("s", Value::String("x".into()))]);
+        assert_eq!(Value::from_cel(&v.to_cel()).unwrap(), v);
+    }
+}

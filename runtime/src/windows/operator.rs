@@ -1,0 +1,293 @@
+//! The keyed window operator: assigns records to windows, keeps one
+//! accumulator per key and window in keyed map state, fires on event- or
+//! processing-time timers, re-fires for late records within the allowed
+//! lateness and hands later ones to a side output. State and timers are keyed
+//! state, so a window restores mid-way from a checkpoint or savepoint, at any
+//! parallelism.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FnResult, UserError};
+use crate::functions::{
+    CheckpointListener, InitContext, KeyedContext, KeyedProcessFunction, TimeDomain,
+};
+use crate::state::keyed::{Key, MapState, MapStateDescriptor, ValueState, ValueStateDescriptor};
+use crate::state::ttl::TtlConfig;
+
+use super::aggregate::WindowAggregator;
+use super::assigner::{TimeWindow, WindowAssigner, cleanup_time, is_late, merge_session};
+
+/// What the window operator emits: results, and (as a side output) records
+/// that arrived too late for any window.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WindowOutput<Out, In> {
+    Result(Out),
+    Late(In),
+}
+
+/// Window configuration.
+#[derive(Clone, Debug)]
+pub struct WindowOptions {
+    pub assigner: WindowAssigner,
+    pub time: TimeDomain,
+    /// Event time only: how long after a window fires records still update it.
+    pub allowed_lateness_ms: i64,
+    /// TTL of the window state (processing time).
+    pub state_ttl: Option<TtlConfig>,
+    /// Parallelism of the window (default: the job's).
+    pub parallelism: Option<u32>,
+}
+
+impl WindowOptions {
+    pub fn new(assigner: WindowAssigner, time: TimeDomain) -> Self {
+        WindowOptions {
+            assigner,
+            time,
+            allowed_lateness_ms: 0,
+            state_ttl: None,
+            parallelism: None,
+        }
+    }
+    pub fn parallelism(mut self, p: Option<u32>) -> Self {
+        self.parallelism = p;
+        self
+    }
+    pub fn allowed_lateness_ms(mut self, ms: i64) -> Self {
+        self.allowed_lateness_ms = ms;
+        self
+    }
+    pub fn state_ttl(mut self, ttl: TtlConfig) -> Self {
+        self.state_ttl = Some(ttl);
+        self
+    }
+}
+
+/// A keyed window with an incremental aggregation.
+pub struct WindowOperator<K, In, A: WindowAggregator<K, In>> {
+    opts: WindowOptions,
+    agg: A,
+    windows: Option<MapState<TimeWindow, A::Acc>>,
+    counts: Option<ValueState<(u64, A::Acc)>>,
+    _p: std::marker::PhantomData<fn(K, In)>,
+}
+
+impl<K, In, A: WindowAggregator<K, In>> Clone for WindowOperator<K, In, A> {
+    fn clone(&self) -> Self {
+        WindowOperator {
+            opts: self.opts.clone(),
+            agg: self.agg.clone(),
+            windows: self.windows.clone(),
+            counts: self.counts.clone(),
+            _p: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, In, A: WindowAggregator<K, In>> WindowOperator<K, In, A> {
+    pub fn new(opts: WindowOptions, agg: A) -> Self {
+        WindowOperator {
+            opts,
+            agg,
+            windows: None,
+            counts: None,
+            _p: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<K, In, A: WindowAggregator<K, In>> CheckpointListener for WindowOperator<K, In, A> {}
+
+fn not_initialized() -> UserError {
+    UserError::msg("window state is not initialized")
+}
+
+type Ctx<'a, 'b, K, Out, In> = KeyedContext<'a, K, WindowOutput<Out, In>>;
+
+impl<K, In, A> WindowOperator<K, In, A>
+where
+    K: Key,
+    In: crate::functions::Data,
+    A: WindowAggregator<K, In>,
+{
+    fn register(&self, ctx: &mut Ctx<'_, '_, K, A::Out, In>, ts: i64) {
+        match self.opts.time {
+            TimeDomain::EventTime => ctx.register_event_time_timer(ts),
+            TimeDomain::ProcessingTime => ctx.register_processing_time_timer(ts),
+        }
+    }
+
+    fn delete(&self, ctx: &mut Ctx<'_, '_, K, A::Out, In>, ts: i64) {
+        match self.opts.time {
+            TimeDomain::EventTime => ctx.delete_event_time_timer(ts),
+            TimeDomain::ProcessingTime => ctx.delete_processing_time_timer(ts),
+        }
+    }
+
+    /// The current time in the window's domain.
+    fn now(&self, ctx: &Ctx<'_, '_, K, A::Out, In>) -> i64 {
+        match self.opts.time {
+            TimeDomain::EventTime => ctx.current_watermark(),
+            TimeDomain::ProcessingTime => ctx.current_processing_time(),
+        }
+    }
+
+    fn lateness(&self) -> i64 {
+        match self.opts.time {
+            TimeDomain::EventTime => self.opts.allowed_lateness_ms,
+            TimeDomain::ProcessingTime => 0,
+        }
+    }
+
+    fn emit(
+        &self,
+        ctx: &mut Ctx<'_, '_, K, A::Out, In>,
+        w: Option<TimeWindow>,
+        acc: &A::Acc,
+    ) -> FnResult {
+        let out = self.agg.result(ctx.key(), w, acc)?;
+        let ts = w.map(|w| w.max_timestamp()).or(ctx.timestamp());
+        ctx.out
+            .collect_with_timestamp(WindowOutput::Result(out), ts);
+        Ok(())
+    }
+
+    /// Adds a record to window `w` (already known not to be late).
+    fn add_to(&self, ctx: &mut Ctx<'_, '_, K, A::Out, In>, w: TimeWindow, acc: A::Acc) -> FnResult {
+        let state = self.windows.as_ref().ok_or_else(not_initialized)?;
+        let now = self.now(ctx);
+        if w.max_timestamp() <= now && self.opts.time == TimeDomain::EventTime {
+            // Late but within the allowed lateness: the window already fired,
+            // so fire again with the updated result (Flink's late firing).
+            self.emit(ctx, Some(w), &acc)?;
+        } else {
+            self.register(ctx, w.max_timestamp());
+        }
+        let lateness = self.lateness();
+        if lateness > 0 {
+            self.register(ctx, cleanup_time(&w, lateness));
+        }
+        state.put(ctx, w, acc)
+    }
+
+    fn process_count(
+        &mut self,
+        value: In,
+        ctx: &mut Ctx<'_, '_, K, A::Out, In>,
+        size: u64,
+    ) -> FnResult {
+        let state = self.counts.as_ref().ok_or_else(not_initialized)?;
+        let (n, mut acc) = state.value(ctx)?.unwrap_or_else(|| (0, self.agg.create()));
+        let ts = ctx
+            .timestamp()
+            .unwrap_or_else(|| ctx.current_processing_time());
+        self.agg.add(&mut acc, &value, ts)?;
+        if n + 1 >= size {
+            self.emit(ctx, None, &acc)?;
+            state.clear(ctx)
+        } else {
+            state.update(ctx, (n + 1, acc))
+        }
+    }
+}
+
+impl<K, In, A> KeyedProcessFunction<K, In, WindowOutput<A::Out, In>> for WindowOperator<K, In, A>
+where
+    K: Key,
+    In: crate::functions::Data,
+    A: WindowAggregator<K, In>,
+{
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_, K>) -> FnResult {
+        if let WindowAssigner::Count { .. } = self.opts.assigner {
+            let mut d = ValueStateDescriptor::new("count-window");
+            if let Some(t) = self.opts.state_ttl {
+                d = d.with_ttl(t);
+            }
+            self.counts = Some(ctx.value_state(&d)?);
+        } else {
+            let mut d = MapStateDescriptor::new("windows");
+            if let Some(t) = self.opts.state_ttl {
+                d = d.with_ttl(t);
+            }
+            self.windows = Some(ctx.map_state(&d)?);
+        }
+        Ok(())
+    }
+
+    fn process_element(&mut self, value: In, ctx: &mut Ctx<'_, '_, K, A::Out, In>) -> FnResult {
+        if let WindowAssigner::Count { size } = self.opts.assigner {
+            return self.process_count(value, ctx, size);
+        }
+        let ts = match self.opts.time {
+            TimeDomain::ProcessingTime => ctx.current_processing_time(),
+            TimeDomain::EventTime => ctx.timestamp().ok_or_else(|| {
+                UserError::msg(
+                    "a record without an event timestamp reached an event-time window \
+                     (assign timestamps with a watermark strategy at the source)",
+                )
+            })?,
+        };
+        let lateness = self.lateness();
+        let watermark = ctx.current_watermark();
+        let event = self.opts.time == TimeDomain::EventTime;
+        let state = self.windows.clone().ok_or_else(not_initialized)?;
+        if self.opts.assigner.is_session() {
+            let new = self.opts.assigner.assign(ts)[0];
+            let mut existing: Vec<TimeWindow> =
+                state.entries(ctx)?.into_iter().map(|(w, _)| w).collect();
+            existing.sort();
+            let (merged, absorbed) = merge_session(&existing, new);
+            if event && is_late(&merged, lateness, watermark) {
+                ctx.out.collect(WindowOutput::Late(value));
+                return Ok(());
+            }
+            let mut acc = self.agg.create();
+            for w in &absorbed {
+                if let Some(a) = state.get(ctx, w)? {
+                    self.agg.merge(&mut acc, a);
+                }
+                state.remove(ctx, w)?;
+                self.delete(ctx, w.max_timestamp());
+                if lateness > 0 {
+                    self.delete(ctx, cleanup_time(w, lateness));
+                }
+            }
+            self.agg.add(&mut acc, &value, ts)?;
+            return self.add_to(ctx, merged, acc);
+        }
+        let mut accepted = false;
+        for w in self.opts.assigner.assign(ts) {
+            if event && is_late(&w, lateness, watermark) {
+                continue;
+            }
+            accepted = true;
+            let mut acc = match state.get(ctx, &w)? {
+                Some(a) => a,
+                None => self.agg.create(),
+            };
+            self.agg.add(&mut acc, &value, ts)?;
+            self.add_to(ctx, w, acc)?;
+        }
+        if !accepted {
+            ctx.out.collect(WindowOutput::Late(value));
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, timestamp: i64, ctx: &mut Ctx<'_, '_, K, A::Out, In>) -> FnResult {
+        let Some(state) = self.windows.clone() else {
+            return Ok(());
+        };
+        let lateness = self.lateness();
+        let mut windows = state.entries(ctx)?;
+        windows.sort_by_key(|(w, _)| *w);
+        for (w, acc) in windows {
+            if w.max_timestamp() == timestamp {
+                self.emit(ctx, Some(w), &acc)?;
+            }
+            if cleanup_time(&w, lateness) <= timestamp {
+                state.remove(ctx, &w)?;
+            }
+        }
+        Ok(())
+    }
+}
