@@ -86,8 +86,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let n: u64 = std::env::args().nth(1).and_then(|s| s.parse().ok()).unwrap_or(2_000_000);
-    let repeat: usize = std::env::args().nth(2).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2_000_000);
+    let repeat: usize = std::env::args()
+        .nth(2)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     let (mut d, mut r) = (Vec::new(), Vec::new());
     for _ in 0..repeat {
         let dir = tempfile_dir();
@@ -96,7 +102,9 @@ fn main() {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let (rm, dm) = (median(r), median(d));
-    println!("records: {n}, keys: {KEYS}, window: {WINDOW_MS} ms tumbling event time, repeat: {repeat} (medians)");
+    println!(
+        "records: {n}, keys: {KEYS}, window: {WINDOW_MS} ms tumbling event time, repeat: {repeat} (medians)"
+    );
     println!("rust api:    {:>12.0} records/s", rm);
     println!("declarative: {:>12.0} records/s", dm);
     println!("declarative overhead: {:.1} %", (rm / dm - 1.0) * 100.0);
