@@ -52,6 +52,10 @@ pub struct JobSpec {
     pub checkpoint: Option<CheckpointSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restart: Option<RestartSpec>,
+    /// How often sources emit watermarks (default 200ms; 0s = whenever they
+    /// advance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark_interval: Option<DurationSpec>,
     /// Sources; with more than one, their records are merged (union).
     pub sources: Vec<SourceSpec>,
     /// Steps applied in order to every record.
@@ -132,8 +136,9 @@ pub struct SourceSpec {
     pub parallelism: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<GeneratorSpec>,
-    /// Inline records, emitted once in order (tests and examples). With
-    /// parallelism p, subtask s emits the records at indices i with i % p == s.
+    /// Inline records, emitted once in order, one per poll so that watermarks
+    /// advance between them (tests and examples). With parallelism p, subtask
+    /// s emits the records at indices i with i % p == s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub elements: Option<Vec<AnyValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -195,6 +195,9 @@ pub fn validate(spec: &JobSpec, root: &str) -> Vec<SpecError> {
             );
         }
     }
+    if let Some(w) = &spec.watermark_interval {
+        v.duration(&root.field("watermarkInterval"), w, true);
+    }
     if let Some(r) = &spec.restart {
         validate_restart(&mut v, &root.field("restart"), r);
     }

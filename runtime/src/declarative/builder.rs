@@ -21,14 +21,13 @@ use crate::executor::{JobClient, JobOutcome};
 use crate::functions::TimeDomain;
 use crate::graph::{DataStream, StreamEnv};
 use crate::restart::RestartStrategy;
-use crate::sources::FromElements;
 use crate::state::ttl::{TtlConfig, UpdateType, Visibility};
 use crate::watermark::WatermarkStrategy;
 use crate::windows::{self, Dedup, WindowAssigner, WindowOptions};
 
 use super::aggregates::{AggregateDef, RecordAggregator};
 use super::expr::Expr;
-use super::generator::GeneratorSourceFn;
+use super::generator::{ElementsSource, GeneratorSourceFn};
 use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
 use super::sinks::{FileSink, StdoutSink};
 use super::value::Value;
@@ -163,6 +162,9 @@ impl Builder<'_> {
         }
         if let Some(m) = s.max_parallelism {
             c.max_parallelism = m;
+        }
+        if let Some(w) = &s.watermark_interval {
+            c.watermark_interval_ms = ms(w);
         }
         if let Some(k) = &s.checkpoint {
             let d = CheckpointConfig::default();
@@ -360,7 +362,7 @@ impl Builder<'_> {
                 Some(env.add_source_with_watermarks(&s.name, GeneratorSourceFn::new(g), wm))
             } else if let Some(els) = &s.elements {
                 let items: Vec<Value> = els.iter().map(|e| Value::from_json(&e.0)).collect();
-                Some(env.add_source_with_watermarks(&s.name, FromElements::new(items), wm))
+                Some(env.add_source_with_watermarks(&s.name, ElementsSource::new(items), wm))
             } else if let Some(k) = &s.kafka {
                 match self.registry.kafka() {
                     None => {
