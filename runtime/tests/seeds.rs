@@ -28,17 +28,27 @@ fn count_window_average_prints_the_seed_output() {
 
 #[test]
 fn count_window_average_example_binary_prints_exactly_the_seed_lines() {
-    let out = std::process::Command::new(env!("CARGO"))
-        .args([
-            "run",
-            "-q",
-            "-p",
-            "runnel-runtime",
-            "--example",
-            "count_window_average",
-        ])
-        .output()
-        .unwrap();
+    // `cargo test` builds the examples next to the test binaries
+    // (target/<profile>/examples); running that binary avoids a `cargo run`
+    // that may rebuild the crate with other features.
+    let built = std::env::current_exe()
+        .ok()
+        .and_then(|p| Some(p.parent()?.parent()?.join("examples/count_window_average")))
+        .filter(|p| p.exists());
+    let out = match built {
+        Some(bin) => std::process::Command::new(bin).output().unwrap(),
+        None => std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "-q",
+                "-p",
+                "runnel-runtime",
+                "--example",
+                "count_window_average",
+            ])
+            .output()
+            .unwrap(),
+    };
     assert!(
         out.status.success(),
         "{}",

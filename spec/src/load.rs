@@ -19,7 +19,7 @@ pub const STREAM_JOB_PREFIX: &str = "spec.job";
 /// (`kind: StreamJob`) whose `spec.job` is the job (errors then carry the
 /// `spec.job.` prefix).
 pub fn load_yaml(text: &str) -> Result<JobSpec, Vec<SpecError>> {
-    let doc: Value = serde_yaml_ng::from_str(text)
+    let doc: Value = serde_yaml::from_str(text)
         .map_err(|e| vec![SpecError::new("", format!("not valid YAML: {e}"))])?;
     let (job, prefix) = if doc.get("kind").and_then(Value::as_str) == Some("StreamJob") {
         match doc.get("spec").and_then(|s| s.get("job")) {

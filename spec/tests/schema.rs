@@ -27,7 +27,7 @@ fn the_schema_is_valid_json_schema_and_checks_documents() {
         "the generated schema is not valid JSON Schema"
     );
     let validator = jsonschema::validator_for(&schema).unwrap();
-    let good: serde_json::Value = serde_yaml_ng::from_str(
+    let good: serde_json::Value = serde_yaml::from_str(
         r#"
 version: 1
 name: j

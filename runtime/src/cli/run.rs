@@ -71,11 +71,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(p) = a.parallelism {
         spec.parallelism = Some(p);
     }
-    let root = if yaml_kind_is_stream_job(&yaml) {
-        runnel_spec::load::STREAM_JOB_PREFIX
-    } else {
-        ""
-    };
+    let root = declarative::error_root(&yaml);
     let mut job = declarative::build_at(&spec, &registry(), root).map_err(invalid)?;
     if a.dry_run {
         println!("{}: valid", a.job.display());
@@ -134,9 +130,4 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => Err(anyhow::Error::new(e).context(format!("job {name} failed"))),
     }
-}
-
-/// A StreamJob manifest's errors are reported under `spec.job`.
-fn yaml_kind_is_stream_job(yaml: &str) -> bool {
-    yaml.lines().any(|l| l.trim_end() == "kind: StreamJob")
 }

@@ -31,16 +31,21 @@ pub fn load_and_build(
     yaml: &str,
     registry: &ConnectorRegistry,
 ) -> Result<BuiltJob, Vec<runnel_spec::SpecError>> {
-    let prefix = match serde_yaml_ng_kind(yaml) {
-        true => runnel_spec::load::STREAM_JOB_PREFIX,
-        false => "",
-    };
     let spec = runnel_spec::load_yaml(yaml)?;
-    build_at(&spec, registry, prefix)
+    build_at(&spec, registry, error_root(yaml))
+}
+
+/// Where error paths start: `spec.job` in a StreamJob manifest, else the job.
+pub fn error_root(yaml: &str) -> &'static str {
+    if is_stream_job_document(yaml) {
+        runnel_spec::load::STREAM_JOB_PREFIX
+    } else {
+        ""
+    }
 }
 
 /// Whether the document is a StreamJob (its paths start with `spec.job`).
-fn serde_yaml_ng_kind(yaml: &str) -> bool {
+fn is_stream_job_document(yaml: &str) -> bool {
     yaml.lines()
         .any(|l| l.trim_start() == l && l.trim_end() == "kind: StreamJob")
 }
