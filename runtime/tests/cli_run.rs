@@ -126,8 +126,10 @@ sinks:
     let job = job.to_str().unwrap();
     let sp_dir = format!("file://{dir}/savepoints");
 
-    // Validation only.
+    // Validation only; also the documented walk-through job stays valid.
     assert!(ok(&runnel(&["run", job, "--dry-run"])).ends_with("valid"));
+    let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/walkthrough/job.yaml");
+    assert!(ok(&runnel(&["run", documented, "--dry-run"])).ends_with("valid"));
 
     // 1. run
     let (child, url, out) = start(&[job]);
