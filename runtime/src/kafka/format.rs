@@ -344,8 +344,9 @@ mod tests {
         };
         let bytes = a.serialize(&o).unwrap();
         assert_eq!(a.deserialize(&view(Some(&bytes), &[])).unwrap(), o);
+        // Truncated: either the datum or its conversion fails, never a value.
         let e = a.deserialize(&view(Some(&bytes[..2]), &[])).unwrap_err();
-        assert!(e.starts_with("invalid Avro datum"), "{e}");
+        assert!(e.contains("Avro"), "{e}");
         let mut longer = bytes.clone();
         longer.push(1);
         let e = a.deserialize(&view(Some(&longer), &[])).unwrap_err();
