@@ -4,7 +4,8 @@
 //!
 //! Configuration by environment (the test sets it):
 //! - `BOOTSTRAP`, `IN_TOPIC`, `OUT_TOPIC`, `CHECKPOINTS` (a directory),
-//!   `PARALLELISM`, `TXN_PREFIX`, `CHECKPOINT_MS` (default 300);
+//!   `PARALLELISM`, `TXN_PREFIX`, `CHECKPOINT_MS` (default 300),
+//!   `RESTART_ATTEMPTS` (in-process restarts, 1 s apart; default none);
 //! - `RESTORE=latest` restores from the newest complete checkpoint (a fresh
 //!   start when there is none yet);
 //! - `FAULT=POINT:N` aborts the process (`std::process::abort`, like a
@@ -102,7 +103,18 @@ fn main() -> anyhow::Result<()> {
         retained: 2,
         ..Default::default()
     };
-    cfg.restart = RestartStrategy::None;
+    // In-process restarts only when asked (the broker-outage test): the kill
+    // tests restart the whole process instead.
+    cfg.restart = match std::env::var("RESTART_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(attempts) => RestartStrategy::FixedDelay {
+            attempts,
+            delay_ms: 1000,
+        },
+        None => RestartStrategy::None,
+    };
     if std::env::var("RESTORE").as_deref() == Ok("latest")
         && runnel_runtime::checkpoint::load_latest(&uri).is_ok()
     {
