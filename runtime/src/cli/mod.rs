@@ -1,6 +1,8 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
+#[cfg(feature = "kafka")]
+pub mod bench_kafka;
 pub mod demo;
 pub mod inspect;
 
