@@ -227,8 +227,11 @@ impl<T: Serialize + 'static> Serializer<T> for Avro<T> {
     }
 }
 
+/// A serializing closure.
+pub type SerializeFn<T> = Arc<dyn Fn(&T) -> Result<Vec<u8>, String> + Send + Sync>;
+
 /// Serializes with a closure (e.g. a key extracted from the value).
-pub struct FnSerializer<T>(pub Arc<dyn Fn(&T) -> Result<Vec<u8>, String> + Send + Sync>);
+pub struct FnSerializer<T>(pub SerializeFn<T>);
 
 impl<T: 'static> Serializer<T> for FnSerializer<T> {
     fn serialize(&self, v: &T) -> Result<Vec<u8>, String> {
