@@ -269,13 +269,13 @@ impl KafkaSinkConfig {
     /// Checks the configuration against the job's checkpoint settings.
     ///
     /// With exactly-once, the output of a checkpoint is written in one
-    /// transaction after the checkpoint completes. A transaction left open by a
-    /// crash blocks `read_committed` readers until the job recovers or the
-    /// broker times it out, so the timeout must be short enough to matter but
-    /// long enough that a commit is never cut off: at least the checkpoint
-    /// interval (the most output one commit carries is about one interval's
-    /// worth) and at least the flush timeout; and at most the checkpoint timeout
-    /// plus interval is not required. The broker's maximum is checked at start.
+    /// transaction after the checkpoint completes, so that transaction carries
+    /// about one checkpoint interval of output: `transaction.timeout.ms` must
+    /// be at least the checkpoint interval and the flush timeout, or the
+    /// broker could abort a commit in progress. (A shorter timeout would only
+    /// shorten how long a crashed job's open transaction blocks
+    /// `read_committed` readers; recovery ends it anyway.) The broker's
+    /// maximum is checked when the sink starts.
     pub fn validate(&self, job: &JobConfig) -> Result<(), KafkaError> {
         let mut errs = Vec::new();
         if self.bootstrap_servers.trim().is_empty() {
