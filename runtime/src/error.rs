@@ -5,11 +5,22 @@ use std::fmt;
 /// An error raised by user code (a function, source or sink). Boxed so that user
 /// functions can use `?` on any error type without the engine knowing it.
 #[derive(Debug)]
-pub struct UserError(Box<dyn std::error::Error + Send + Sync + 'static>);
+pub struct UserError(Box<dyn std::error::Error + Send + Sync + 'static>, bool);
 
 impl UserError {
     pub fn msg(message: impl Into<String>) -> Self {
-        UserError(message.into().into())
+        UserError(message.into().into(), false)
+    }
+
+    /// An error that restarting cannot fix (e.g. a poison record under the
+    /// `fail` policy): the job fails at once instead of restarting into the
+    /// same error forever.
+    pub fn fatal(message: impl Into<String>) -> Self {
+        UserError(message.into().into(), true)
+    }
+
+    pub fn is_fatal(&self) -> bool {
+        self.1
     }
 }
 
@@ -21,7 +32,7 @@ impl fmt::Display for UserError {
 
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for UserError {
     fn from(e: E) -> Self {
-        UserError(Box::new(e))
+        UserError(Box::new(e), false)
     }
 }
 

@@ -176,6 +176,9 @@ pub enum SourcePoll {
 /// Buffers what a source emits in one poll.
 pub struct SourceOutput<'a, T> {
     pub(crate) buf: &'a mut Vec<StreamRecord<T>>,
+    /// A watermark the source computed itself (e.g. per Kafka partition); the
+    /// task emits it after this poll's records if it advances.
+    pub(crate) watermark: &'a mut Option<i64>,
 }
 
 impl<T> SourceOutput<'_, T> {
@@ -190,6 +193,13 @@ impl<T> SourceOutput<'_, T> {
             value,
             timestamp: Some(timestamp),
         });
+    }
+    /// Emits a watermark after this poll's records. For sources that track
+    /// event time finer than the subtask (per partition); ignored unless it
+    /// advances the subtask's watermark.
+    pub fn emit_watermark(&mut self, watermark: i64) {
+        let w = self.watermark.get_or_insert(watermark);
+        *w = (*w).max(watermark);
     }
 }
 

@@ -16,6 +16,8 @@ mod executor;
 pub mod faults;
 pub mod functions;
 pub mod graph;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod keygroup;
 pub mod metrics;
 pub mod restart;

@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod client;
+#[cfg(feature = "kafka")]
+pub mod bench_kafka;
 pub mod demo;
 pub mod inspect;
 pub mod jobctl;

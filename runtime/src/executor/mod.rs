@@ -429,6 +429,13 @@ impl Master {
                         RestartDecision::GiveUp {
                             reason: "restored state is incompatible with the job".into(),
                         }
+                    } else if let TaskError::User { error, .. } = &e
+                        && error.is_fatal()
+                    {
+                        RestartDecision::GiveUp {
+                            reason: "a function reported an error that restarting cannot fix"
+                                .into(),
+                        }
                     } else {
                         tracker.on_failure(self.now())
                     };

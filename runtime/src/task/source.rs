@@ -81,12 +81,23 @@ impl<T: crate::functions::Data, S: SourceFunction<T>> TaskRunner for SourceTask<
             let wait = match phase {
                 Phase::Running => {
                     buf.clear();
+                    let mut source_wm = None;
                     let status = self
                         .f
-                        .poll(&mut SourceOutput { buf: &mut buf })
+                        .poll(&mut SourceOutput {
+                            buf: &mut buf,
+                            watermark: &mut source_wm,
+                        })
                         .map_err(user)?;
                     let had_records = !buf.is_empty();
                     self.emit(env, &mut buf, &mut wm)?;
+                    if let Some(w) = source_wm
+                        && w > wm.emitted
+                    {
+                        wm.emitted = w;
+                        wm.last_emit_ms = env.clock.now_ms();
+                        self.head.watermark(w)?;
+                    }
                     match status {
                         SourcePoll::MoreAvailable => {
                             if last_flush.elapsed() >= env.flush_interval {

@@ -151,3 +151,4 @@ pub fn fail_once_after_checkpoint(
     });
     (inj, which)
 }
+pub mod broker;

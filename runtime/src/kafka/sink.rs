@@ -1,0 +1,572 @@
+//! The Kafka sink: key/value serialization, partitioning by key (librdkafka's
+//! Java-compatible murmur2 partitioner), and three delivery guarantees. The
+//! exactly-once mode is a write-ahead design: see docs/kafka-exactly-once.md.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_bytes::ByteBuf;
+
+use super::client::{self, LOOKUP_TIMEOUT};
+use super::config::{DeliveryGuarantee, KafkaSinkConfig, check_broker_max_timeout};
+use super::eos::{self, OutRecord, PendingEpoch, SinkTxnState};
+use super::error::KafkaError;
+use super::format::Serializer;
+use super::producer::{DeliveryTracker, TrackedContext, plain_producer, send_blocking};
+use crate::config::JobConfig;
+use crate::error::{FnResult, UserError};
+use crate::functions::{
+    CheckpointListener, InitContext, SinkContext, SinkFunction, SnapshotContext,
+};
+use crate::state::operator::{OperatorListState, OperatorListStateDescriptor};
+
+/// Points inside the exactly-once commit where a test can kill the process
+/// (the hook is called on the sink's thread; it may abort).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SinkFaultPoint {
+    /// About half of the transaction's records have been handed to librdkafka.
+    MidProduce { checkpoint_id: u64 },
+    /// All records are sent; `commit_transaction` has not been called.
+    BeforeCommit { checkpoint_id: u64 },
+    /// The transaction is committed; the epochs are not yet dropped.
+    AfterCommit { checkpoint_id: u64 },
+}
+
+type FaultHook = Arc<dyn Fn(SinkFaultPoint) + Send + Sync>;
+
+/// Counters shared by all subtasks of one sink.
+#[derive(Debug, Default)]
+pub struct KafkaSinkMetrics {
+    pub records: AtomicU64,
+    pub transactions_committed: AtomicU64,
+    /// Records of recovered epochs that were already visible after a crash.
+    pub recovered_visible: AtomicU64,
+    /// Records of recovered epochs that had to be written again.
+    pub recovered_produced: AtomicU64,
+}
+
+/// A sink writing `T` to one topic.
+pub struct KafkaSink<T> {
+    config: Arc<KafkaSinkConfig>,
+    value: Arc<dyn Serializer<T>>,
+    key: Option<Arc<dyn Serializer<T>>>,
+    fault: Option<FaultHook>,
+    metrics: Arc<KafkaSinkMetrics>,
+    rt: Option<Runtime>,
+}
+
+impl<T> Clone for KafkaSink<T> {
+    /// A fresh, unconnected instance (one per subtask and attempt).
+    fn clone(&self) -> Self {
+        KafkaSink {
+            config: self.config.clone(),
+            value: self.value.clone(),
+            key: self.key.clone(),
+            fault: self.fault.clone(),
+            metrics: self.metrics.clone(),
+            rt: None,
+        }
+    }
+}
+
+enum Runtime {
+    Plain {
+        producer: ThreadedProducer<TrackedContext>,
+        tracker: Arc<DeliveryTracker>,
+    },
+    Exactly(Box<EosRuntime>),
+}
+
+struct EosRuntime {
+    producer: ThreadedProducer<TrackedContext>,
+    tracker: Arc<DeliveryTracker>,
+    state: OperatorListState<SinkTxnState>,
+    subtask: u32,
+    current: Vec<OutRecord>,
+    pending: Vec<PendingEpoch>,
+    /// Looks up partitions and end offsets when an epoch is sealed.
+    meta: BaseConsumer,
+}
+
+impl<T: 'static> KafkaSink<T> {
+    /// Builds a sink for a job; the configuration (including
+    /// `transaction.timeout.ms` against the checkpoint settings) is checked
+    /// here, so a misfit fails before the job starts.
+    pub fn new(
+        config: KafkaSinkConfig,
+        value: impl Serializer<T>,
+        job: &JobConfig,
+    ) -> Result<Self, KafkaError> {
+        config.validate(job)?;
+        Ok(KafkaSink {
+            config: Arc::new(config),
+            value: Arc::new(value),
+            key: None,
+            fault: None,
+            metrics: Arc::new(KafkaSinkMetrics::default()),
+            rt: None,
+        })
+    }
+
+    /// Serializes a key for each record; records are partitioned by it.
+    pub fn with_key(mut self, key: impl Serializer<T>) -> Self {
+        self.key = Some(Arc::new(key));
+        self
+    }
+
+    /// Installs a fault-injection hook for the exactly-once commit (tests).
+    pub fn with_fault_hook(mut self, f: impl Fn(SinkFaultPoint) + Send + Sync + 'static) -> Self {
+        self.fault = Some(Arc::new(f));
+        self
+    }
+
+    pub fn metrics(&self) -> Arc<KafkaSinkMetrics> {
+        self.metrics.clone()
+    }
+
+    fn encode(&self, value: &T, ts: Option<i64>) -> Result<OutRecord, KafkaError> {
+        let enc = |reason: String| KafkaError::Encode {
+            topic: self.config.topic.clone(),
+            reason,
+        };
+        let v = self.value.serialize(value).map_err(enc)?;
+        let k = match &self.key {
+            Some(k) => Some(ByteBuf::from(k.serialize(value).map_err(enc)?)),
+            None => None,
+        };
+        Ok(OutRecord {
+            key: k,
+            value: ByteBuf::from(v),
+            timestamp: ts,
+        })
+    }
+}
+
+fn user(e: KafkaError) -> UserError {
+    UserError::from(e)
+}
+
+fn record<'a>(topic: &'a str, r: &'a OutRecord) -> BaseRecord<'a, [u8], [u8]> {
+    let mut b = BaseRecord::<[u8], [u8]>::to(topic).payload(r.value.as_slice());
+    if let Some(k) = &r.key {
+        b = b.key(k.as_slice());
+    }
+    if let Some(t) = r.timestamp {
+        b = b.timestamp(t);
+    }
+    b
+}
+
+fn txn_producer(
+    cfg: &KafkaSinkConfig,
+    txn_id: &str,
+) -> Result<(ThreadedProducer<TrackedContext>, Arc<DeliveryTracker>), KafkaError> {
+    let timeout = cfg.transaction_timeout.as_millis().to_string();
+    let (p, t) = plain_producer(
+        &cfg.bootstrap_servers,
+        &cfg.properties,
+        &[
+            ("transactional.id", txn_id),
+            ("transaction.timeout.ms", &timeout),
+            ("enable.idempotence", "true"),
+            ("acks", "all"),
+        ],
+    )?;
+    // Ends whatever the previous holder of this id left open. On Apache Kafka
+    // this aborts it; on nisshi 0.7 it does not (see the design note), which
+    // is why recovery reads back what became visible instead of trusting it.
+    p.init_transactions(cfg.flush_timeout)
+        .map_err(KafkaError::client(format!(
+            "init transactions for '{txn_id}'"
+        )))?;
+    Ok((p, t))
+}
+
+/// Per partition of `topic`, its current log end offset.
+fn end_offsets(meta: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64)>, KafkaError> {
+    let md = meta
+        .fetch_metadata(Some(topic), LOOKUP_TIMEOUT)
+        .map_err(KafkaError::client(format!("metadata of topic '{topic}'")))?;
+    let mut out = Vec::new();
+    for t in md.topics() {
+        if let Some(e) = t.error() {
+            return Err(KafkaError::Config(format!(
+                "sink topic '{topic}' is not available: {e:?}"
+            )));
+        }
+        for p in t.partitions() {
+            let (_, high) = meta
+                .fetch_watermarks(topic, p.id(), LOOKUP_TIMEOUT)
+                .map_err(KafkaError::client(format!(
+                    "end offset of {topic}-{}",
+                    p.id()
+                )))?;
+            out.push((p.id(), high));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Produces `epochs` in one transaction with marker headers, calling the
+/// fault hook at its points. `only` limits it to given (epoch, record) pairs.
+fn produce_transaction(
+    cfg: &KafkaSinkConfig,
+    producer: &ThreadedProducer<TrackedContext>,
+    tracker: &DeliveryTracker,
+    epochs: &[PendingEpoch],
+    only: Option<&[(usize, usize)]>,
+    fault: Option<&FaultHook>,
+) -> Result<u64, KafkaError> {
+    let last_id = epochs.iter().map(|e| e.checkpoint_id).max().unwrap_or(0);
+    let all: Vec<(usize, usize)>;
+    let items: &[(usize, usize)] = match only {
+        Some(o) => o,
+        None => {
+            all = epochs
+                .iter()
+                .enumerate()
+                .flat_map(|(ei, e)| (0..e.records.len()).map(move |ri| (ei, ri)))
+                .collect();
+            &all
+        }
+    };
+    if items.is_empty() {
+        return Ok(0);
+    }
+    producer
+        .begin_transaction()
+        .map_err(KafkaError::client("begin transaction"))?;
+    let half = items.len() / 2;
+    for (n, (ei, ri)) in items.iter().enumerate() {
+        if n == half
+            && let Some(f) = fault
+        {
+            f(SinkFaultPoint::MidProduce {
+                checkpoint_id: last_id,
+            });
+        }
+        let e = &epochs[*ei];
+        let r = &e.records[*ri];
+        let marker = eos::encode_marker(e.uid, *ri as u64);
+        let headers = OwnedHeaders::new().insert(Header {
+            key: eos::MARKER_HEADER,
+            value: Some(&marker[..]),
+        });
+        send_blocking(producer, record(&cfg.topic, r).headers(headers))?;
+    }
+    if let Some(f) = fault {
+        producer
+            .flush(cfg.flush_timeout)
+            .map_err(KafkaError::client("flush transaction"))?;
+        f(SinkFaultPoint::BeforeCommit {
+            checkpoint_id: last_id,
+        });
+    }
+    producer
+        .commit_transaction(cfg.flush_timeout)
+        .map_err(KafkaError::client("commit transaction"))?;
+    tracker.take_error()?;
+    if let Some(f) = fault {
+        f(SinkFaultPoint::AfterCommit {
+            checkpoint_id: last_id,
+        });
+    }
+    Ok(items.len() as u64)
+}
+
+/// Reads `topic` back (read_committed) from the epochs' start offsets to the
+/// current end and returns the markers of these epochs that are visible.
+fn visible_markers(
+    cfg: &KafkaSinkConfig,
+    epochs: &[PendingEpoch],
+) -> Result<HashSet<(u64, u64)>, KafkaError> {
+    let uids = eos::uids(epochs);
+    let starts = eos::scan_start(epochs);
+    let mut seen = HashSet::new();
+    if starts.is_empty() {
+        return Ok(seen);
+    }
+    let consumer: BaseConsumer = client::base_config(
+        &cfg.bootstrap_servers,
+        &cfg.properties,
+        &[
+            ("group.id", "runnel-eos-recovery"),
+            ("enable.auto.commit", "false"),
+            ("enable.auto.offset.store", "false"),
+            ("isolation.level", "read_committed"),
+            ("enable.partition.eof", "true"),
+        ],
+    )
+    .create()
+    .map_err(KafkaError::client("create recovery consumer"))?;
+    let mut targets: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for (p, o) in &starts {
+        let (low, high) = consumer
+            .fetch_watermarks(&cfg.topic, *p, LOOKUP_TIMEOUT)
+            .map_err(KafkaError::client("recovery end offsets"))?;
+        if high > (*o).max(low) {
+            targets.insert(*p, high);
+            tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset((*o).max(low)))
+                .map_err(KafkaError::client("recovery assignment"))?;
+        }
+    }
+    if targets.is_empty() {
+        return Ok(seen);
+    }
+    consumer
+        .assign(&tpl)
+        .map_err(KafkaError::client("recovery assign"))?;
+    // A read_committed reader stops at the last stable offset; it passes our
+    // (now ended) transactions once every older open transaction on the
+    // partition has ended too, which the broker guarantees within the
+    // transaction timeout.
+    let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(30);
+    loop {
+        if Instant::now() > deadline {
+            return Err(KafkaError::Timeout {
+                op: format!("reading back '{}' for exactly-once recovery", cfg.topic),
+                after_ms: (cfg.transaction_timeout + Duration::from_secs(30)).as_millis() as u64,
+            });
+        }
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                if let Some(h) = m.headers() {
+                    for hd in h.iter() {
+                        if hd.key == eos::MARKER_HEADER
+                            && let Some((u, s)) = hd.value.and_then(eos::decode_marker)
+                            && uids.contains(&u)
+                        {
+                            seen.insert((u, s));
+                        }
+                    }
+                }
+                continue;
+            }
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "exactly-once recovery read-back");
+            }
+        }
+        let pos = consumer
+            .position()
+            .map_err(KafkaError::client("recovery position"))?;
+        let done = targets.iter().all(|(p, target)| {
+            pos.find_partition(&cfg.topic, *p)
+                .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *target))
+                .unwrap_or(false)
+        });
+        if done {
+            return Ok(seen);
+        }
+    }
+}
+
+impl<T: Send + 'static> KafkaSink<T> {
+    fn connect(&mut self, ctx: &mut InitContext<'_>) -> Result<(), KafkaError> {
+        let cfg = self.config.clone();
+        if cfg.delivery != DeliveryGuarantee::ExactlyOnce {
+            let acks = if cfg.delivery == DeliveryGuarantee::AtLeastOnce {
+                "all"
+            } else {
+                "1"
+            };
+            let (producer, tracker) =
+                plain_producer(&cfg.bootstrap_servers, &cfg.properties, &[("acks", acks)])?;
+            self.rt = Some(Runtime::Plain { producer, tracker });
+            return Ok(());
+        }
+        let prefix = cfg.transactional_id_prefix.clone().ok_or_else(|| {
+            KafkaError::Config("exactly-once needs a transactional id prefix".into())
+        })?;
+        let (subtask, parallelism) = (ctx.subtask_index(), ctx.parallelism());
+        match client::broker_max_transaction_timeout(&cfg.bootstrap_servers, &cfg.properties)? {
+            Some(max) => check_broker_max_timeout(cfg.transaction_timeout, Some(max))?,
+            None => tracing::info!(
+                "the broker does not report transaction.max.timeout.ms; \
+                 transaction.timeout.ms was checked against the checkpoint settings only"
+            ),
+        }
+        let state = ctx
+            .list_state(&OperatorListStateDescriptor::<SinkTxnState>::union(
+                eos::EOS_STATE,
+            ))
+            .map_err(|e| KafkaError::State(e.to_string()))?;
+        let restored: Vec<SinkTxnState> = if ctx.is_restored() {
+            state
+                .get(ctx.operator_state())
+                .map_err(|e| KafkaError::State(e.to_string()))?
+                .to_vec()
+        } else {
+            vec![]
+        };
+        let owned = eos::owned(&restored, subtask, parallelism);
+        // First end every transactional id this subtask is responsible for,
+        // so that no lingering transaction of ours holds back read_committed
+        // readers (including the read-back below, of this and other subtasks).
+        let (producer, tracker) = txn_producer(&cfg, &eos::transactional_id(&prefix, subtask))?;
+        let mut others = Vec::new();
+        for o in &owned {
+            if o.subtask != subtask {
+                let id = eos::transactional_id(&prefix, o.subtask);
+                others.push((o, txn_producer(&cfg, &id)?));
+            }
+        }
+        for o in &owned {
+            if o.epochs.is_empty() {
+                continue;
+            }
+            let seen = visible_markers(&cfg, &o.epochs)?;
+            let missing = eos::missing(&o.epochs, &seen);
+            let (p, t) = if o.subtask == subtask {
+                (&producer, &tracker)
+            } else {
+                match others.iter().find(|(x, _)| x.subtask == o.subtask) {
+                    Some((_, (p, t))) => (p, t),
+                    None => (&producer, &tracker),
+                }
+            };
+            let produced = produce_transaction(&cfg, p, t, &o.epochs, Some(&missing), None)?;
+            let total: usize = o.epochs.iter().map(|e| e.records.len()).sum();
+            self.metrics
+                .recovered_visible
+                .fetch_add((total - missing.len()) as u64, Ordering::Relaxed);
+            self.metrics
+                .recovered_produced
+                .fetch_add(produced, Ordering::Relaxed);
+            let ids: Vec<u64> = o.epochs.iter().map(|e| e.checkpoint_id).collect();
+            tracing::info!(
+                subtask,
+                recovered_subtask = o.subtask,
+                "exactly-once recovery: committed the output of checkpoints {ids:?}: \
+                 {} records were already visible, {produced} written now",
+                total - missing.len()
+            );
+        }
+        drop(others);
+        let meta = client::assign_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
+        self.rt = Some(Runtime::Exactly(Box::new(EosRuntime {
+            producer,
+            tracker,
+            state,
+            subtask,
+            current: Vec::new(),
+            pending: Vec::new(),
+            meta,
+        })));
+        Ok(())
+    }
+}
+
+impl<T> CheckpointListener for KafkaSink<T> {
+    fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> FnResult {
+        let cfg = self.config.clone();
+        let fault = self.fault.clone();
+        let Some(Runtime::Exactly(rt)) = self.rt.as_mut() else {
+            return Ok(());
+        };
+        let ready = eos::take_committable(&mut rt.pending, checkpoint_id);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        // A failure here fails the attempt; the restore finds these epochs in
+        // the completed checkpoint's state and commits them then.
+        let n = produce_transaction(
+            &cfg,
+            &rt.producer,
+            &rt.tracker,
+            &ready,
+            None,
+            fault.as_ref(),
+        )
+        .map_err(user)?;
+        self.metrics
+            .transactions_committed
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(
+            subtask = rt.subtask,
+            checkpoint_id,
+            records = n,
+            "committed"
+        );
+        Ok(())
+    }
+}
+
+impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> FnResult {
+        self.connect(ctx).map_err(user)
+    }
+
+    fn invoke(&mut self, value: T, ctx: &SinkContext) -> FnResult {
+        let r = self.encode(&value, ctx.timestamp).map_err(user)?;
+        self.metrics.records.fetch_add(1, Ordering::Relaxed);
+        match self.rt.as_mut() {
+            None => Err(UserError::msg("Kafka sink invoked before initialize_state")),
+            Some(Runtime::Plain { producer, .. }) => {
+                send_blocking(producer, record(&self.config.topic, &r)).map_err(user)
+            }
+            Some(Runtime::Exactly(rt)) => {
+                rt.current.push(r);
+                Ok(())
+            }
+        }
+    }
+
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> FnResult {
+        let cfg = self.config.clone();
+        match self.rt.as_mut() {
+            None => Ok(()),
+            Some(Runtime::Plain { producer, tracker }) => {
+                if cfg.delivery == DeliveryGuarantee::AtLeastOnce {
+                    producer
+                        .flush(cfg.flush_timeout)
+                        .map_err(KafkaError::client("flush before checkpoint"))
+                        .map_err(user)?;
+                    tracker.take_error().map_err(user)?;
+                }
+                Ok(())
+            }
+            Some(Runtime::Exactly(rt)) => {
+                if !rt.current.is_empty() {
+                    let start_offsets = end_offsets(&rt.meta, &cfg.topic).map_err(user)?;
+                    rt.pending.push(PendingEpoch {
+                        checkpoint_id: ctx.checkpoint_id(),
+                        uid: rand::random::<u64>(),
+                        start_offsets,
+                        records: std::mem::take(&mut rt.current),
+                    });
+                }
+                rt.state.update(
+                    ctx.operator_state(),
+                    vec![SinkTxnState {
+                        subtask: rt.subtask,
+                        epochs: rt.pending.clone(),
+                    }],
+                )?;
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self) -> FnResult {
+        let cfg = self.config.clone();
+        if let Some(Runtime::Plain { producer, tracker }) = self.rt.as_mut() {
+            producer
+                .flush(cfg.flush_timeout)
+                .map_err(KafkaError::client("flush at end of input"))
+                .map_err(user)?;
+            if cfg.delivery == DeliveryGuarantee::AtLeastOnce {
+                tracker.take_error().map_err(user)?;
+            }
+        }
+        Ok(())
+    }
+}
