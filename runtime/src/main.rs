@@ -25,10 +25,26 @@ enum Command {
     /// verifies exactly-once results.
     Demo(cli::demo::DemoArgs),
     /// Measures throughput, CPU, memory and checkpoint overhead of a keyed count
-    /// and sum.
-    Bench(cli::bench::BenchArgs),
+    /// and sum; `runnel bench s3` measures S3 checkpoint upload and restore.
+    Bench(BenchCmd),
     /// Prints a checkpoint or savepoint in human-readable form and verifies it.
     Inspect(cli::inspect::InspectArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCmd {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+    #[command(flatten)]
+    args: cli::bench::BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Checkpoint upload throughput and restore time of keyed state on S3,
+    /// against a plain upload and download with the same client.
+    S3(cli::bench_s3::BenchS3Args),
 }
 
 fn init_logging() {
@@ -53,7 +69,10 @@ fn main() -> ExitCode {
     init_logging();
     let result = match cli.command {
         Command::Demo(a) => cli::demo::run(a),
-        Command::Bench(a) => cli::bench::run(a),
+        Command::Bench(b) => match b.target {
+            Some(BenchTarget::S3(a)) => cli::bench_s3::run(a),
+            None => cli::bench::run(b.args),
+        },
         Command::Inspect(a) => cli::inspect::run(a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
+pub mod bench_s3;
 pub mod demo;
 pub mod inspect;
 
