@@ -74,7 +74,10 @@ fn checkpoints_fail_during_an_outage_processing_continues_and_recovers() {
     });
     let s = client.status();
     assert_eq!(s.state, JobState::Running);
-    assert_eq!(s.restarts, 0, "checkpoint failures within the tolerable count");
+    assert_eq!(
+        s.restarts, 0,
+        "checkpoint failures within the tolerable count"
+    );
     assert_eq!(s.completed.last().map(|c| c.id), Some(last_before));
 
     moto.restart();

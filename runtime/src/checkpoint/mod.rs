@@ -43,6 +43,9 @@ pub fn unique_state_file_name(uid: &str, subtask: u32) -> String {
     )
 }
 
+/// State files fetched and decoded concurrently during a restore.
+const RESTORE_THREADS: usize = 4;
+
 /// A snapshot read from storage and verified (sizes and checksums).
 #[derive(Debug)]
 pub struct LoadedSnapshot {
@@ -90,15 +93,56 @@ fn read_metadata_in(
 pub fn load_snapshot(uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     let st = open_snapshot(uri)?;
     let metadata = read_metadata_in(st.as_ref(), "")?;
+    let files: Vec<(&str, &SubtaskMeta)> = metadata
+        .operators
+        .iter()
+        .flat_map(|op| op.subtasks.iter().map(move |s| (op.uid.as_str(), s)))
+        .collect();
+    // Files are fetched and decoded on a few threads at once: decoding is
+    // CPU-bound, so one stream at a time leaves the network idle.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, RESTORE_THREADS)
+        .min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, SubtaskState)>, SnapshotError>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((_, sub)) = files.get(i) else {
+                                return Ok(out);
+                            };
+                            out.push((i, read_subtask(st.as_ref(), "", sub)?));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(SnapshotError::Encode("a restore thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+    let mut decoded: Vec<(usize, SubtaskState)> = Vec::with_capacity(files.len());
+    for r in results {
+        decoded.extend(r?);
+    }
+    decoded.sort_by_key(|(i, _)| *i);
     let mut states: HashMap<String, Vec<(u32, SubtaskState)>> = HashMap::new();
-    for op in &metadata.operators {
-        for sub in &op.subtasks {
-            let state = read_subtask(st.as_ref(), "", sub)?;
-            states
-                .entry(op.uid.clone())
-                .or_default()
-                .push((sub.index, state));
-        }
+    for (i, state) in decoded {
+        let (uid, sub) = files[i];
+        states
+            .entry(uid.to_string())
+            .or_default()
+            .push((sub.index, state));
     }
     Ok(LoadedSnapshot {
         uri: uri.trim_end_matches('/').to_string(),
@@ -173,7 +217,7 @@ pub(crate) fn checkpoint_ids(st: &dyn CheckpointStorage) -> Result<Vec<u64>, Sto
         .into_iter()
         .filter_map(|n| n.strip_prefix("chk-").and_then(|s| s.parse::<u64>().ok()))
         .collect();
-    ids.sort_unstable_by(|a, b| b.cmp(a));
+    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
     ids.dedup();
     Ok(ids)
 }

@@ -54,7 +54,7 @@ pub struct Plan {
 
 pub fn plan(listings: &[Listing], retained: usize) -> Plan {
     let mut complete: Vec<&Listing> = listings.iter().filter(|l| l.complete).collect();
-    complete.sort_by(|a, b| b.id.cmp(&a.id));
+    complete.sort_by_key(|l| std::cmp::Reverse(l.id));
     let keep: Vec<u64> = complete.iter().take(retained).map(|l| l.id).collect();
     let protected: BTreeSet<&str> = complete
         .iter()

@@ -6,8 +6,8 @@
 //! encoded and streamed with `format::write_state_file` into the storage's
 //! object writer (what the uploader thread does), `_metadata` is committed with
 //! a conditional create, and the restore is `checkpoint::load_snapshot` (stream,
-//! checksum and decode every state file). Files go one after another, as on the
-//! single uploader thread. The plain side writes and reads the same byte count
+//! checksum and decode every state file, a few files at a time). Uploads go one
+//! file after another, as on the single uploader thread. The plain side writes and reads the same byte count
 //! through the same `ObjectWriter`/reader without encoding, so the ratio is what
 //! the snapshot format costs on top of the transfer itself.
 //!
@@ -25,7 +25,7 @@ use runnel_runtime::checkpoint::format::{
     SubtaskMeta, SubtaskState, TableData,
 };
 use runnel_runtime::checkpoint::{self, format};
-use runnel_runtime::storage::{self, CheckpointStorage};
+use runnel_runtime::storage;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
