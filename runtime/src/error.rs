@@ -42,9 +42,7 @@ pub type FnResult<T = ()> = Result<T, UserError>;
 /// Errors from checkpoint storage.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    #[error(
-        "unsupported storage URI '{0}': expected file:///absolute/path (s3:// arrives with the S3 storage issue)"
-    )]
+    #[error("unsupported storage URI '{0}': expected file:///absolute/path or s3://bucket/prefix")]
     UnsupportedUri(String),
     #[error("{path}: already exists")]
     AlreadyExists { path: String },
@@ -75,12 +73,22 @@ pub enum SnapshotError {
     },
     #[error("{path}: corrupt state file: {reason}")]
     CorruptStateFile { path: String, reason: String },
+    #[error("{path} is not a snapshot: {reason}")]
+    NotASnapshot { path: String, reason: String },
     #[error("no complete checkpoint found under {0}")]
     NoCompleteCheckpoint(String),
     #[error("{0}")]
     Incompatible(String),
     #[error("state encoding failed: {0}")]
     Encode(String),
+    #[error("writing state failed: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("{path}: reading failed: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Errors that fail a running job attempt (and trigger the restart strategy).

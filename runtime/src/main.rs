@@ -25,8 +25,8 @@ enum Command {
     /// verifies exactly-once results.
     Demo(cli::demo::DemoArgs),
     /// Measures throughput, CPU, memory and checkpoint overhead of a keyed count
-    /// and sum.
-    Bench(cli::bench::BenchArgs),
+    /// and sum; `runnel bench s3` measures S3 checkpoint upload and restore.
+    Bench(BenchCmd),
     /// Prints a checkpoint or savepoint in human-readable form and verifies it
     /// (same as `runnel savepoint inspect`).
     Inspect(cli::inspect::InspectArgs),
@@ -42,6 +42,26 @@ enum Command {
     Cancel(cli::jobctl::CancelArgs),
     /// Lists a running job's retained and in-progress checkpoints.
     Checkpoints(cli::jobctl::CheckpointsArgs),
+}
+
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchCmd {
+    #[command(subcommand)]
+    target: Option<BenchTarget>,
+    #[command(flatten)]
+    args: cli::bench::BenchArgs,
+}
+
+#[derive(Subcommand)]
+enum BenchTarget {
+    /// Checkpoint upload throughput and restore time of keyed state on S3,
+    /// against a plain upload and download with the same client.
+    S3(cli::bench_s3::BenchS3Args),
+    /// Kafka -> keyed aggregate -> Kafka exactly-once, against a bare consumer
+    /// draining the same topic.
+    #[cfg(feature = "kafka")]
+    Kafka(cli::bench_kafka::BenchKafkaArgs),
 }
 
 fn init_logging() {
@@ -62,15 +82,16 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    #[cfg(feature = "kafka")]
-    if let Some(code) = cli::bench_kafka::dispatch(&std::env::args_os().collect::<Vec<_>>()) {
-        return code;
-    }
     let cli = Cli::parse();
     init_logging();
     let result = match cli.command {
         Command::Demo(a) => cli::demo::run(a),
-        Command::Bench(a) => cli::bench::run(a),
+        Command::Bench(b) => match b.target {
+            Some(BenchTarget::S3(a)) => cli::bench_s3::run(a),
+            #[cfg(feature = "kafka")]
+            Some(BenchTarget::Kafka(a)) => cli::bench_kafka::run(a).map(|()| ExitCode::SUCCESS),
+            None => cli::bench::run(b.args),
+        },
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Run(a) => cli::run::run(a),
         Command::Status(a) => cli::jobctl::status(a),

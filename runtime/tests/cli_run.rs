@@ -128,7 +128,10 @@ sinks:
 
     // Validation only; also the documented walk-through job stays valid.
     assert!(ok(&runnel(&["run", job, "--dry-run"])).ends_with("valid"));
-    let documented = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/walkthrough/job.yaml");
+    let documented = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/walkthrough/job.yaml"
+    );
     assert!(ok(&runnel(&["run", documented, "--dry-run"])).ends_with("valid"));
 
     // 1. run

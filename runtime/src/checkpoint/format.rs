@@ -6,8 +6,11 @@
 //! one state file per stateful operator subtask. All paths in `_metadata` are
 //! relative to the directory, so a snapshot can be copied anywhere and restored.
 
+use std::io::{BufRead, BufReader, Read, Write};
+
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+use xxhash_rust::xxh64::Xxh64;
 
 use crate::error::SnapshotError;
 use crate::keygroup::KeyGroupRange;
@@ -126,46 +129,303 @@ pub fn checksum_hex(bytes: &[u8]) -> String {
     format!("{:016x}", xxhash_rust::xxh64::xxh64(bytes, 0))
 }
 
-/// Encodes a state file: magic, version (u16 LE), postcard body, XXH64 of the body
-/// (u64 LE). The trailing checksum catches truncation and bit rot even when the
-/// metadata is unavailable (e.g. `runnel inspect` on a single file).
+/// Size and whole-file checksum of a state file, as recorded in `_metadata`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileDigest {
+    pub size: u64,
+    /// XXH64 (seed 0) of the whole file, lower-case hex.
+    pub checksum: String,
+}
+
+const HEADER_LEN: u64 = 6;
+const TRAILER_LEN: u64 = 8;
+
+/// Passes bytes through to `inner`, hashing the whole stream and, while
+/// `in_body` is set, the body separately: the checksums are computed as bytes go
+/// by instead of over a buffered copy of the file.
+struct HashingWriter<W: Write> {
+    inner: W,
+    whole: Xxh64,
+    body: Xxh64,
+    in_body: bool,
+    written: u64,
+    /// The first I/O error, kept because postcard's `to_io` reports only that
+    /// serialization failed, not why.
+    error: Option<std::io::Error>,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.inner.write(buf) {
+            Ok(n) => {
+                self.whole.update(&buf[..n]);
+                if self.in_body {
+                    self.body.update(&buf[..n]);
+                }
+                self.written += n as u64;
+                Ok(n)
+            }
+            Err(e) => {
+                if self.error.is_none() {
+                    self.error = Some(std::io::Error::new(e.kind(), e.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Streams a state file into `out`: magic, version (u16 LE), postcard body, XXH64
+/// of the body (u64 LE). The trailing checksum catches truncation and bit rot even
+/// when the metadata is unavailable (e.g. `runnel inspect` on a single file).
+/// Returns the size and whole-file checksum for `_metadata`.
+pub fn write_state_file(
+    state: &SubtaskState,
+    out: &mut dyn Write,
+) -> Result<FileDigest, SnapshotError> {
+    let mut w = HashingWriter {
+        inner: out,
+        whole: Xxh64::new(0),
+        body: Xxh64::new(0),
+        in_body: false,
+        written: 0,
+        error: None,
+    };
+    let io_err = |w: &mut HashingWriter<&mut dyn Write>, e: std::io::Error| {
+        SnapshotError::Write(w.error.take().unwrap_or(e))
+    };
+    let mut header = [0u8; HEADER_LEN as usize];
+    header[..4].copy_from_slice(STATE_FILE_MAGIC);
+    header[4..].copy_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+    if let Err(e) = w.write_all(&header) {
+        return Err(io_err(&mut w, e));
+    }
+    w.in_body = true;
+    // postcard writes many small pieces; batch them before hashing and storage.
+    let buffered = std::io::BufWriter::with_capacity(256 * 1024, &mut w);
+    let flushed = postcard::to_io(state, buffered)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            b.into_inner()
+                .map(|_| ())
+                .map_err(|e| e.error().to_string())
+        });
+    if let Err(reason) = flushed {
+        return Err(match w.error.take() {
+            Some(e) => SnapshotError::Write(e),
+            None => SnapshotError::Encode(reason),
+        });
+    }
+    w.in_body = false;
+    let sum = w.body.digest();
+    if let Err(e) = w.write_all(&sum.to_le_bytes()).and_then(|_| w.flush()) {
+        return Err(io_err(&mut w, e));
+    }
+    Ok(FileDigest {
+        size: w.written,
+        checksum: format!("{:016x}", w.whole.digest()),
+    })
+}
+
+/// Encodes a state file into memory (tests and small tools; the runtime streams
+/// with [`write_state_file`]).
 pub fn encode_state_file(state: &SubtaskState) -> Result<Vec<u8>, SnapshotError> {
     let mut out = Vec::with_capacity(64);
-    out.extend_from_slice(STATE_FILE_MAGIC);
-    out.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
-    let out = postcard::to_extend(state, out).map_err(|e| SnapshotError::Encode(e.to_string()))?;
-    let mut out = out;
-    let sum = xxhash_rust::xxh64::xxh64(&out[6..], 0);
-    out.extend_from_slice(&sum.to_le_bytes());
+    write_state_file(state, &mut out)?;
     Ok(out)
 }
 
-pub fn decode_state_file(path: &str, bytes: &[u8]) -> Result<SubtaskState, SnapshotError> {
+/// Hashes what is read through it (whole stream, or body while `in_body`).
+struct HashingReader<R: Read> {
+    inner: R,
+    hash: Xxh64,
+    read: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+/// A postcard deserializer input that reads from a stream. postcard's own
+/// `from_io` keeps every byte string in one scratch buffer that only grows, so it
+/// would need the whole body in memory; this flavor reuses one scratch buffer
+/// (the state types own their data, so nothing borrows from the input) and bounds
+/// every allocation by the bytes the body can still hold, so a corrupt length
+/// cannot make it allocate absurd amounts.
+struct StreamFlavor<R: BufRead> {
+    reader: R,
+    remaining: u64,
+    scratch: Vec<u8>,
+    eof: bool,
+}
+
+impl<'de, R: BufRead + 'de> postcard::de_flavors::Flavor<'de> for StreamFlavor<R> {
+    type Remainder = (R, u64, bool);
+    type Source = ();
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        if self.remaining == 0 {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        let mut b = [0u8; 1];
+        match self.reader.read_exact(&mut b) {
+            Ok(()) => {
+                self.remaining -= 1;
+                Ok(b[0])
+            }
+            Err(_) => {
+                self.eof = true;
+                Err(postcard::Error::DeserializeUnexpectedEnd)
+            }
+        }
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        usize::try_from(self.remaining).ok()
+    }
+
+    fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'de [u8]> {
+        // Only borrowed (`&'de`) data needs this; the state types own theirs.
+        Err(postcard::Error::DeserializeBadEncoding)
+    }
+
+    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
+    where
+        'de: 'a,
+    {
+        if ct as u64 > self.remaining {
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        self.scratch.clear();
+        self.scratch.resize(ct, 0);
+        if self.reader.read_exact(&mut self.scratch).is_err() {
+            self.eof = true;
+            return Err(postcard::Error::DeserializeUnexpectedEnd);
+        }
+        self.remaining -= ct as u64;
+        Ok(&self.scratch)
+    }
+
+    fn finalize(self) -> postcard::Result<Self::Remainder> {
+        Ok((self.reader, self.remaining, self.eof))
+    }
+}
+
+/// Reads a state file of `size` bytes from a stream, verifying it as it goes: the
+/// body checksum in the trailer, the exact length, and (when given) the
+/// whole-file checksum recorded in `_metadata`. A corrupt file is reported as a
+/// checksum mismatch when the checksum says so, whatever the decoder tripped on.
+pub fn read_state_file(
+    path: &str,
+    input: &mut dyn Read,
+    size: u64,
+    expected_checksum: Option<&str>,
+) -> Result<SubtaskState, SnapshotError> {
     let corrupt = |reason: String| SnapshotError::CorruptStateFile {
         path: path.to_string(),
         reason,
     };
-    if bytes.len() < 14 {
-        return Err(corrupt(format!("truncated: only {} bytes", bytes.len())));
+    let read_err = |e: std::io::Error| SnapshotError::Read {
+        path: path.to_string(),
+        source: e,
+    };
+    if size < HEADER_LEN + TRAILER_LEN {
+        return Err(corrupt(format!("truncated: only {size} bytes")));
     }
-    if &bytes[..4] != STATE_FILE_MAGIC {
+    let mut whole = HashingReader {
+        inner: input,
+        hash: Xxh64::new(0),
+        read: 0,
+    };
+    let mut header = [0u8; HEADER_LEN as usize];
+    whole.read_exact(&mut header).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            corrupt("truncated header".into())
+        } else {
+            read_err(e)
+        }
+    })?;
+    if &header[..4] != STATE_FILE_MAGIC {
         return Err(corrupt("not a Runnel state file (bad magic)".into()));
     }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    let version = u16::from_le_bytes([header[4], header[5]]);
     if version != STATE_FILE_VERSION {
         return Err(corrupt(format!(
             "unsupported state file version {version} (this runtime reads {STATE_FILE_VERSION})"
         )));
     }
-    let body = &bytes[6..bytes.len() - 8];
-    let mut tail = [0u8; 8];
-    tail.copy_from_slice(&bytes[bytes.len() - 8..]);
-    if xxhash_rust::xxh64::xxh64(body, 0) != u64::from_le_bytes(tail) {
+    let body_len = size - HEADER_LEN - TRAILER_LEN;
+    let body = HashingReader {
+        inner: (&mut whole).take(body_len),
+        hash: Xxh64::new(0),
+        read: 0,
+    };
+    let flavor = StreamFlavor {
+        reader: BufReader::with_capacity(256 * 1024, body),
+        remaining: body_len,
+        scratch: Vec::new(),
+        eof: false,
+    };
+    let mut de = postcard::Deserializer::from_flavor(flavor);
+    let decoded = SubtaskState::deserialize(&mut de);
+    let (mut reader, remaining, eof) = de
+        .finalize()
+        .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+    // Whatever happened, run the rest of the body through the checksums so that
+    // corruption is reported as such (bounded: the body length is known).
+    let drained = std::io::copy(&mut reader, &mut std::io::sink()).map_err(read_err)?;
+    let body = reader.into_inner();
+    let body_read = body.read;
+    let body_sum = body.hash.digest();
+    let mut tail = [0u8; TRAILER_LEN as usize];
+    let tail_ok = body_read == body_len && whole.read_exact(&mut tail).is_ok();
+    let mut extra = [0u8; 1];
+    let longer = tail_ok && whole.read(&mut extra).map_err(read_err)? > 0;
+    let whole_sum = format!("{:016x}", whole.hash.digest());
+    if !tail_ok {
+        return Err(corrupt(format!(
+            "truncated: the stream ended after {} of {size} bytes (truncated or replaced)",
+            whole.read
+        )));
+    }
+    if let Some(expected) = expected_checksum
+        && expected != whole_sum
+    {
+        return Err(corrupt("checksum does not match _metadata".into()));
+    }
+    if longer {
+        return Err(corrupt(format!(
+            "longer than the {size} bytes _metadata records (truncated or replaced)"
+        )));
+    }
+    if body_sum != u64::from_le_bytes(tail) {
         return Err(corrupt(
             "checksum mismatch (the file is truncated or corrupt)".into(),
         ));
     }
-    postcard::from_bytes(body).map_err(|e| corrupt(format!("undecodable body: {e}")))
+    let state = decoded.map_err(|e| corrupt(format!("undecodable body: {e}")))?;
+    if remaining != 0 || drained != 0 || eof {
+        return Err(corrupt(format!(
+            "{} bytes after the encoded state (corrupt)",
+            remaining
+        )));
+    }
+    Ok(state)
+}
+
+/// Decodes a state file held in memory (see [`read_state_file`]).
+pub fn decode_state_file(path: &str, bytes: &[u8]) -> Result<SubtaskState, SnapshotError> {
+    let mut r = bytes;
+    read_state_file(path, &mut r, bytes.len() as u64, None)
 }
 
 pub fn decode_metadata(path: &str, bytes: &[u8]) -> Result<SnapshotMetadata, SnapshotError> {
@@ -238,6 +498,67 @@ mod tests {
     fn state_file_roundtrip() {
         let bytes = encode_state_file(&sample()).unwrap();
         assert_eq!(decode_state_file("f", &bytes).unwrap(), sample());
+    }
+
+    #[test]
+    fn streamed_digest_matches_the_bytes_and_metadata_checksum_is_checked() {
+        let mut out = Vec::new();
+        let d = write_state_file(&sample(), &mut out).unwrap();
+        assert_eq!(d.size, out.len() as u64);
+        assert_eq!(d.checksum, checksum_hex(&out));
+        let mut r = &out[..];
+        assert_eq!(
+            read_state_file("f", &mut r, d.size, Some(&d.checksum)).unwrap(),
+            sample()
+        );
+        let mut r = &out[..];
+        let err = read_state_file("f", &mut r, d.size, Some("0000000000000000")).unwrap_err();
+        assert!(err.to_string().contains("checksum does not match"), "{err}");
+        // Longer than recorded.
+        let mut longer = out.clone();
+        longer.push(0);
+        let mut r = &longer[..];
+        let err = read_state_file("f", &mut r, d.size, None).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+        // Shorter than recorded.
+        let mut r = &out[..out.len() - 1];
+        let err = read_state_file("f", &mut r, d.size, Some(&d.checksum)).unwrap_err();
+        assert!(err.to_string().contains("truncated or replaced"), "{err}");
+    }
+
+    #[test]
+    fn a_corrupt_length_never_allocates_beyond_the_file() {
+        // Body: one operator list whose name claims 2^62 bytes.
+        let mut body = vec![1u8];
+        body.extend_from_slice(&[0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x80, 0x40]);
+        let mut file = STATE_FILE_MAGIC.to_vec();
+        file.extend_from_slice(&STATE_FILE_VERSION.to_le_bytes());
+        file.extend_from_slice(&body);
+        file.extend_from_slice(&xxhash_rust::xxh64::xxh64(&body, 0).to_le_bytes());
+        let err = decode_state_file("f", &file).unwrap_err();
+        assert!(err.to_string().contains("undecodable body"), "{err}");
+    }
+
+    #[test]
+    fn large_state_streams_through_a_small_writer() {
+        // Many entries and a value larger than any internal buffer.
+        let mut st = sample();
+        st.key_groups[0].tables[0].entries = (0..50_000u32)
+            .map(|i| {
+                (
+                    ByteBuf::from(i.to_le_bytes().to_vec()),
+                    ByteBuf::from(vec![7u8; 9]),
+                )
+            })
+            .collect();
+        st.in_flight = vec![ByteBuf::from(vec![3u8; 1 << 20])];
+        let mut out = Vec::new();
+        let d = write_state_file(&st, &mut out).unwrap();
+        let mut r = std::io::BufReader::with_capacity(17, &out[..]);
+        assert_eq!(
+            read_state_file("f", &mut r, d.size, Some(&d.checksum)).unwrap(),
+            st
+        );
     }
 
     #[test]

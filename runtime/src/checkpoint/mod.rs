@@ -3,14 +3,15 @@
 
 pub mod format;
 pub mod redistribute;
+pub mod retention;
 pub(crate) mod trigger;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use format::{METADATA_FILE, SnapshotMetadata, SubtaskState, decode_metadata, decode_state_file};
+use format::{METADATA_FILE, SnapshotMetadata, SubtaskMeta, SubtaskState, decode_metadata};
 
-use crate::error::SnapshotError;
+use crate::error::{SnapshotError, StorageError};
 use crate::storage::{self, CheckpointStorage};
 
 /// File name of an operator subtask's state: readable, and unique per operator
@@ -29,6 +30,22 @@ pub fn state_file_name(uid: &str, subtask: u32) -> String {
     format!("{clean}.{subtask}.state")
 }
 
+/// The name a state file is written under: [`state_file_name`] behind a random
+/// prefix. Two coordinators that race on the same checkpoint number (a stale one
+/// that has not noticed it was replaced) write into the same `chk-N` directory;
+/// unique names keep them from overwriting each other's files, so whichever
+/// commits `_metadata` finds exactly the files it recorded.
+pub fn unique_state_file_name(uid: &str, subtask: u32) -> String {
+    format!(
+        "{:08x}.{}",
+        rand::random::<u32>(),
+        state_file_name(uid, subtask)
+    )
+}
+
+/// State files fetched and decoded concurrently during a restore.
+const RESTORE_THREADS: usize = 4;
+
 /// A snapshot read from storage and verified (sizes and checksums).
 #[derive(Debug)]
 pub struct LoadedSnapshot {
@@ -45,59 +62,87 @@ fn open_snapshot(uri: &str) -> Result<Arc<dyn CheckpointStorage>, SnapshotError>
 /// Reads only `_metadata` (cheap; used by discovery and `inspect`).
 pub fn read_metadata(uri: &str) -> Result<SnapshotMetadata, SnapshotError> {
     let st = open_snapshot(uri)?;
-    let bytes = st.read(METADATA_FILE)?;
-    decode_metadata(&st.uri(METADATA_FILE), &bytes)
+    read_metadata_in(st.as_ref(), "")
 }
 
-/// Loads and verifies a complete snapshot (a `chk-N` or savepoint directory).
-pub fn load_snapshot(uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
-    let st = open_snapshot(uri)?;
-    let md_path = st.uri(METADATA_FILE);
-    let bytes = match st.read(METADATA_FILE) {
+/// Reads `dir/_metadata` of a storage; a missing one means the snapshot is
+/// incomplete.
+fn read_metadata_in(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+) -> Result<SnapshotMetadata, SnapshotError> {
+    let path = storage::join(dir, METADATA_FILE);
+    let md_uri = st.uri(&path);
+    let bytes = match st.read(&path) {
         Ok(b) => b,
-        Err(crate::error::StorageError::NotFound { .. }) => {
+        Err(StorageError::NotFound { .. }) => {
             return Err(SnapshotError::CorruptMetadata {
-                path: md_path,
+                path: md_uri,
                 reason: "missing: the snapshot is incomplete (its _metadata was never written)"
                     .into(),
             });
         }
         Err(e) => return Err(e.into()),
     };
-    let metadata = decode_metadata(&md_path, &bytes)?;
+    decode_metadata(&md_uri, &bytes)
+}
+
+/// Loads and verifies a complete snapshot (a `chk-N` or savepoint directory).
+/// State files are streamed: each is decoded and checksummed as it arrives,
+/// never held in memory as bytes.
+pub fn load_snapshot(uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
+    let st = open_snapshot(uri)?;
+    let metadata = read_metadata_in(st.as_ref(), "")?;
+    let files: Vec<(&str, &SubtaskMeta)> = metadata
+        .operators
+        .iter()
+        .flat_map(|op| op.subtasks.iter().map(move |s| (op.uid.as_str(), s)))
+        .collect();
+    // Files are fetched and decoded on a few threads at once: decoding is
+    // CPU-bound, so one stream at a time leaves the network idle.
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, RESTORE_THREADS)
+        .min(files.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<Vec<(usize, SubtaskState)>, SnapshotError>> =
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((_, sub)) = files.get(i) else {
+                                return Ok(out);
+                            };
+                            out.push((i, read_subtask(st.as_ref(), "", sub)?));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| {
+                    w.join().unwrap_or_else(|_| {
+                        Err(SnapshotError::Encode("a restore thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+    let mut decoded: Vec<(usize, SubtaskState)> = Vec::with_capacity(files.len());
+    for r in results {
+        decoded.extend(r?);
+    }
+    decoded.sort_by_key(|(i, _)| *i);
     let mut states: HashMap<String, Vec<(u32, SubtaskState)>> = HashMap::new();
-    for op in &metadata.operators {
-        for sub in &op.subtasks {
-            let path = st.uri(&sub.file);
-            let data = st.read(&sub.file).map_err(|e| match e {
-                crate::error::StorageError::NotFound { .. } => SnapshotError::CorruptStateFile {
-                    path: path.clone(),
-                    reason: "missing".into(),
-                },
-                e => e.into(),
-            })?;
-            if data.len() as u64 != sub.size {
-                return Err(SnapshotError::CorruptStateFile {
-                    path,
-                    reason: format!(
-                        "size is {} bytes but _metadata records {} (truncated or replaced)",
-                        data.len(),
-                        sub.size
-                    ),
-                });
-            }
-            if format::checksum_hex(&data) != sub.checksum {
-                return Err(SnapshotError::CorruptStateFile {
-                    path,
-                    reason: "checksum does not match _metadata".into(),
-                });
-            }
-            let state = decode_state_file(&path, &data)?;
-            states
-                .entry(op.uid.clone())
-                .or_default()
-                .push((sub.index, state));
-        }
+    for (i, state) in decoded {
+        let (uid, sub) = files[i];
+        states
+            .entry(uid.to_string())
+            .or_default()
+            .push((sub.index, state));
     }
     Ok(LoadedSnapshot {
         uri: uri.trim_end_matches('/').to_string(),
@@ -106,20 +151,89 @@ pub fn load_snapshot(uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     })
 }
 
-/// Checkpoint ids present under a checkpoint directory, newest first.
+fn missing(path: String) -> SnapshotError {
+    SnapshotError::CorruptStateFile {
+        path,
+        reason: "missing".into(),
+    }
+}
+
+/// Checks a state file's recorded size (one cheap request), so that a replaced
+/// or truncated file gets a precise message before anything is downloaded.
+fn check_size(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    sub: &SubtaskMeta,
+) -> Result<(), SnapshotError> {
+    let rel = storage::join(dir, &sub.file);
+    let path = st.uri(&rel);
+    let actual = match st.size(&rel) {
+        Ok(n) => n,
+        Err(StorageError::NotFound { .. }) => return Err(missing(path)),
+        Err(e) => return Err(e.into()),
+    };
+    if actual != sub.size {
+        return Err(SnapshotError::CorruptStateFile {
+            path,
+            reason: format!(
+                "size is {actual} bytes but _metadata records {} (truncated or replaced)",
+                sub.size
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn read_subtask(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    sub: &SubtaskMeta,
+) -> Result<SubtaskState, SnapshotError> {
+    check_size(st, dir, sub)?;
+    let rel = storage::join(dir, &sub.file);
+    let path = st.uri(&rel);
+    let mut reader = match st.open(&rel) {
+        Ok(r) => r,
+        Err(StorageError::NotFound { .. }) => return Err(missing(path)),
+        Err(e) => return Err(e.into()),
+    };
+    format::read_state_file(&path, &mut reader, sub.size, Some(&sub.checksum))
+}
+
+/// Checkpoint ids present under a checkpoint directory, newest first (complete
+/// or not; see [`find_latest_checkpoint`] for the newest complete one).
 pub fn list_checkpoints(dir_uri: &str) -> Result<Vec<(u64, String)>, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    let mut ids: Vec<(u64, String)> = st
+    Ok(checkpoint_ids(st.as_ref())?
+        .into_iter()
+        .map(|id| (id, storage::join(dir_uri, &format!("chk-{id}"))))
+        .collect())
+}
+
+/// `chk-N` ids directly under the storage root, newest first.
+pub(crate) fn checkpoint_ids(st: &dyn CheckpointStorage) -> Result<Vec<u64>, StorageError> {
+    let mut ids: Vec<u64> = st
         .list("")?
         .into_iter()
-        .filter_map(|n| {
-            n.strip_prefix("chk-")
-                .and_then(|s| s.parse::<u64>().ok())
-                .map(|id| (id, storage::join(dir_uri, &n)))
-        })
+        .filter_map(|n| n.strip_prefix("chk-").and_then(|s| s.parse::<u64>().ok()))
         .collect();
-    ids.sort_by_key(|(id, _)| std::cmp::Reverse(*id));
+    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
+    ids.dedup();
     Ok(ids)
+}
+
+/// Whether an error says the snapshot itself is unusable (incomplete or
+/// corrupt), as opposed to storage being unreachable. Discovery skips the former
+/// and reports the latter: falling back to an older checkpoint because S3 had a
+/// hiccup would silently lose progress.
+fn is_unusable(e: &SnapshotError) -> bool {
+    matches!(
+        e,
+        SnapshotError::CorruptMetadata { .. }
+            | SnapshotError::CorruptStateFile { .. }
+            | SnapshotError::UnsupportedVersion { .. }
+            | SnapshotError::Storage(StorageError::NotFound { .. })
+    )
 }
 
 /// Loads the newest checkpoint under `dir_uri` that is complete and intact,
@@ -128,8 +242,121 @@ pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     for (id, uri) in list_checkpoints(dir_uri)? {
         match load_snapshot(&uri) {
             Ok(s) => return Ok(s),
-            Err(e) => tracing::warn!(checkpoint = id, error = %e, "skipping unusable checkpoint"),
+            Err(e) if is_unusable(&e) => {
+                tracing::warn!(checkpoint = id, error = %e, "skipping unusable checkpoint")
+            }
+            Err(e) => return Err(e),
         }
     }
     Err(SnapshotError::NoCompleteCheckpoint(dir_uri.to_string()))
+}
+
+/// A complete checkpoint found by [`find_latest_checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointRef {
+    pub id: u64,
+    /// URI of the `chk-N` directory, usable as a restore path.
+    pub uri: String,
+    pub metadata: SnapshotMetadata,
+}
+
+/// Finds the newest complete checkpoint under a job's checkpoint directory
+/// without downloading state: its `_metadata` decodes and every state file it
+/// references exists with the recorded size. This is what a last-state upgrade
+/// restores from, and it works while the job itself is down. `Ok(None)` means the
+/// directory holds no complete checkpoint; an unreachable storage is an error,
+/// never a reason to pick an older checkpoint.
+pub fn find_latest_checkpoint(dir_uri: &str) -> Result<Option<CheckpointRef>, SnapshotError> {
+    let st = open_snapshot(dir_uri)?;
+    for id in checkpoint_ids(st.as_ref())? {
+        let dir = format!("chk-{id}");
+        let checked = read_metadata_in(st.as_ref(), &dir).and_then(|md| {
+            for op in &md.operators {
+                for sub in &op.subtasks {
+                    check_size(st.as_ref(), &dir, sub)?;
+                }
+            }
+            Ok(md)
+        });
+        match checked {
+            Ok(metadata) => {
+                return Ok(Some(CheckpointRef {
+                    id,
+                    uri: storage::join(dir_uri, &dir),
+                    metadata,
+                }));
+            }
+            Err(e) if is_unusable(&e) => {
+                tracing::debug!(checkpoint = id, error = %e, "not a complete checkpoint")
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
+/// Deletes what an abandoned (never committed) snapshot directory holds, unless
+/// it turns out to be committed after all: a coordinator that lost a race on the
+/// same checkpoint number must not delete the winner's checkpoint.
+pub fn discard_incomplete(st: &dyn CheckpointStorage, dir: &str) -> Result<(), StorageError> {
+    if st.exists(&storage::join(dir, METADATA_FILE))? {
+        tracing::warn!(
+            dir = %st.uri(dir),
+            "not discarding a snapshot directory: another coordinator committed it"
+        );
+        return Ok(());
+    }
+    st.delete_dir(dir)
+}
+
+/// What [`dispose`] deleted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Disposed {
+    pub uri: String,
+    pub kind: String,
+    pub checkpoint_id: u64,
+    pub files: usize,
+}
+
+/// Deletes a savepoint (or a retained checkpoint) at `uri`. Refuses anything that
+/// is not a snapshot, i.e. that has no `_metadata` decoding as a Runnel snapshot,
+/// so a mistyped path (a bucket root, a checkpoint base directory) is never wiped.
+/// `_metadata` goes first: an interrupted dispose leaves an incomplete snapshot,
+/// never one that looks complete but lacks files.
+pub fn dispose(uri: &str) -> Result<Disposed, SnapshotError> {
+    let st = open_snapshot(uri)?;
+    let md = match read_metadata_in(st.as_ref(), "") {
+        Ok(md) => md,
+        Err(e) => {
+            let hint = match checkpoint_ids(st.as_ref()) {
+                Ok(ids) if !ids.is_empty() => format!(
+                    "; it holds {} checkpoint(s) (chk-{} ...): dispose one snapshot at a time",
+                    ids.len(),
+                    ids[0]
+                ),
+                _ => String::new(),
+            };
+            return Err(SnapshotError::NotASnapshot {
+                path: uri.to_string(),
+                reason: format!("{e}{hint}"),
+            });
+        }
+    };
+    st.delete(METADATA_FILE)?;
+    let mut files = 1;
+    for op in &md.operators {
+        for sub in &op.subtasks {
+            st.delete(&sub.file)?;
+            files += 1;
+        }
+    }
+    // Anything else left in the directory (files of a coordinator that lost a
+    // race) belongs to no other snapshot.
+    st.delete_dir("")?;
+    Ok(Disposed {
+        uri: uri.to_string(),
+        kind: md.kind,
+        checkpoint_id: md.checkpoint_id,
+        files,
+    })
 }

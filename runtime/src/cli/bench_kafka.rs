@@ -6,12 +6,11 @@
 
 use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use clap::Parser;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -29,8 +28,7 @@ use runnel_runtime::{
 };
 use serde::Serialize;
 
-#[derive(Parser, Debug)]
-#[command(name = "runnel bench kafka")]
+#[derive(clap::Args, Debug)]
 pub struct BenchKafkaArgs {
     /// Records in the input topic.
     #[arg(long, default_value_t = 2_000_000)]
@@ -54,42 +52,6 @@ pub struct BenchKafkaArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-}
-
-/// Handles `runnel bench kafka ...` before the main parser sees it; returns
-/// `None` for any other command line.
-pub fn dispatch(args: &[std::ffi::OsString]) -> Option<ExitCode> {
-    if args.get(1).map(|a| a == "bench") != Some(true)
-        || args.get(2).map(|a| a == "kafka") != Some(true)
-    {
-        return None;
-    }
-    let mut rest: Vec<std::ffi::OsString> = vec!["runnel bench kafka".into()];
-    rest.extend(args.iter().skip(3).cloned());
-    let parsed = match BenchKafkaArgs::try_parse_from(rest) {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = e.print();
-            return Some(if e.use_stderr() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            });
-        }
-    };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
-    Some(match run(parsed) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::FAILURE
-        }
-    })
 }
 
 #[derive(Debug, Serialize)]
@@ -354,7 +316,7 @@ fn run_job(
     ))
 }
 
-fn run(a: BenchKafkaArgs) -> anyhow::Result<()> {
+pub fn run(a: BenchKafkaArgs) -> anyhow::Result<()> {
     let (bootstrap, _broker) = match &a.bootstrap {
         Some(b) => (b.clone(), None),
         None => {

@@ -29,9 +29,8 @@ fn resolve(arg: &str) -> anyhow::Result<String> {
     let path: PathBuf = match arg.strip_prefix("file://") {
         Some(rest) if rest.starts_with('/') => PathBuf::from(rest),
         Some(_) => bail!("'{arg}' is not a valid file:// URI (expected file:///absolute/path)"),
-        None if arg.contains("://") => {
-            bail!("unsupported URI '{arg}': only file:// URIs and local paths are supported")
-        }
+        // Object stores (s3://) are resolved by the storage layer itself.
+        None if arg.contains("://") => return Ok(arg.trim_end_matches('/').to_string()),
         None => PathBuf::from(arg),
     };
     let path = path
@@ -173,10 +172,10 @@ pub fn dispose(args: DisposeArgs) -> anyhow::Result<ExitCode> {
             md.checkpoint_id
         );
     }
-    let (parent, name) = runnel_runtime::storage::split_last(&uri);
-    let st = runnel_runtime::storage::open(&parent)?;
-    st.delete_dir(&name)
-        .with_context(|| format!("cannot delete {uri}"))?;
-    println!("disposed {uri}");
+    let d = checkpoint::dispose(&uri).with_context(|| format!("cannot dispose {uri}"))?;
+    println!(
+        "disposed {} ({} {}, {} files)",
+        d.uri, d.kind, d.checkpoint_id, d.files
+    );
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,10 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
-pub mod client;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
+pub mod bench_s3;
+pub mod client;
 pub mod demo;
 pub mod inspect;
 pub mod jobctl;

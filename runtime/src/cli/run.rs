@@ -87,14 +87,16 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         let Some(storage) = job.config().checkpoint.storage.clone() else {
             bail!("--from-latest-checkpoint needs checkpoint storage in the job");
         };
-        match runnel_runtime::checkpoint::list_checkpoints(&storage)
-            .with_context(|| format!("cannot list checkpoints in {storage}"))?
-            .first()
+        // An unreachable storage is an error here, never a fresh start: that
+        // would silently drop the job's state.
+        match runnel_runtime::checkpoint::find_latest_checkpoint(&storage)
+            .with_context(|| format!("cannot look for checkpoints in {storage}"))?
         {
-            Some(_) => {
+            Some(c) => {
+                tracing::info!(checkpoint = %c.uri, "restoring from the latest checkpoint");
                 job.config_mut().restore = Some(RestoreSettings {
-                    path: storage,
-                    latest: true,
+                    path: c.uri,
+                    latest: false,
                     allow_non_restored_state: a.allow_non_restored_state,
                 })
             }

@@ -356,18 +356,20 @@ pub(crate) fn panic_message(p: &Box<dyn Any + Send>) -> String {
 }
 
 /// Writes state files for one subtask snapshot; runs on the uploader thread so
-/// tasks never wait on storage.
+/// tasks never wait on storage. Each file is streamed to storage as it is
+/// encoded (multipart on S3), with its size and checksum computed on the way, so
+/// a large state is never held in memory a second time as bytes.
 pub(crate) fn upload(job: &UploadJob) -> Result<Vec<super::AckedOp>, String> {
     let mut out = Vec::new();
     for op in &job.ops {
-        let bytes =
-            crate::checkpoint::format::encode_state_file(&op.state).map_err(|e| e.to_string())?;
-        let file = crate::checkpoint::state_file_name(&op.uid, job.subtask);
+        let file = crate::checkpoint::unique_state_file_name(&op.uid, job.subtask);
         let path = crate::storage::join(&job.target.dir, &file);
-        job.target
-            .storage
-            .write(&path, &bytes)
-            .map_err(|e| format!("writing {}: {e}", job.target.storage.uri(&path)))?;
+        let fail =
+            |e: &dyn std::fmt::Display| format!("writing {}: {e}", job.target.storage.uri(&path));
+        let mut w = job.target.storage.create(&path).map_err(|e| fail(&e))?;
+        let digest =
+            crate::checkpoint::format::write_state_file(&op.state, &mut w).map_err(|e| fail(&e))?;
+        w.finish().map_err(|e| fail(&e))?;
         out.push(super::AckedOp {
             uid: op.uid.clone(),
             keyed_metas: op.keyed_metas.clone(),
@@ -375,8 +377,8 @@ pub(crate) fn upload(job: &UploadJob) -> Result<Vec<super::AckedOp>, String> {
                 index: job.subtask,
                 key_groups: op.key_groups,
                 file,
-                size: bytes.len() as u64,
-                checksum: crate::checkpoint::format::checksum_hex(&bytes),
+                size: digest.size,
+                checksum: digest.checksum,
                 keyed_entries: op.keyed_entries,
                 operator_state_items: op
                     .state

@@ -546,7 +546,8 @@ impl Master {
         // directories any more: discard them, they can never complete.
         let _ = uploader.join();
         for (id, p) in std::mem::take(&mut run.pending) {
-            if let Err(e) = p.target.storage.delete_dir(&p.target.dir) {
+            if let Err(e) = checkpoint::discard_incomplete(p.target.storage.as_ref(), &p.target.dir)
+            {
                 tracing::warn!(id, error = %e, "could not discard an incomplete snapshot");
             }
             if let Some(r) = p.reply {
@@ -817,7 +818,9 @@ impl Master {
         self.set_status(|s| s.failed_checkpoints += 1);
         self.metrics.checkpoints_failed.inc();
         self.publish_pending(run);
-        let _ = p.target.storage.delete_dir(&p.target.dir);
+        if let Err(e) = checkpoint::discard_incomplete(p.target.storage.as_ref(), &p.target.dir) {
+            tracing::warn!(id, error = %e, "could not discard a failed snapshot");
+        }
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Notify(Notification::Aborted(id)));
         }
@@ -859,12 +862,14 @@ impl Master {
             return Some(end);
         }
         let mut by_op: BTreeMap<String, (Vec<KeyedStateMeta>, Vec<SubtaskMeta>)> = BTreeMap::new();
+        let mut own_files = Vec::new();
         for (_, ops) in p.acks {
             for op in ops {
                 let e = by_op.entry(op.uid).or_default();
                 if e.0.is_empty() {
                     e.0 = op.keyed_metas;
                 }
+                own_files.push(storage::join(&p.target.dir, &op.meta.file));
                 e.1.push(op.meta);
             }
         }
@@ -902,14 +907,31 @@ impl Master {
             max_parallelism: self.config.max_parallelism,
             operators,
         };
+        // The commit: `_metadata` is created only if absent, so a coordinator
+        // that lost a race on this checkpoint number (a stale one) fails here
+        // instead of replacing the winner's checkpoint.
         let written = serde_json::to_vec_pretty(&md)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
                 size += bytes.len() as u64;
-                p.target
+                match p
+                    .target
                     .storage
                     .write_new(&storage::join(&p.target.dir, METADATA_FILE), &bytes)
-                    .map_err(|e| e.to_string())
+                {
+                    Ok(()) => Ok(()),
+                    Err(e @ crate::error::StorageError::AlreadyExists { .. }) => {
+                        // Remove only our own (uniquely named) state files; the
+                        // directory belongs to the committed checkpoint now.
+                        for f in &own_files {
+                            let _ = p.target.storage.delete(f);
+                        }
+                        Err(format!(
+                            "another coordinator committed checkpoint {id} first ({e})"
+                        ))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             });
         if let Err(reason) = written {
             // Put it back so that fail_checkpoint does the bookkeeping.
@@ -949,7 +971,7 @@ impl Master {
             if let Some(op) = run.pending.remove(&o) {
                 // Its tasks may still be writing; a late file under a deleted
                 // directory is harmless because without `_metadata` it is never read.
-                let _ = op.target.storage.delete_dir(&op.target.dir);
+                let _ = checkpoint::discard_incomplete(op.target.storage.as_ref(), &op.target.dir);
             }
         }
         let info = SavepointInfo {
@@ -994,24 +1016,19 @@ impl Master {
             .checkpoint_completed(id, c.duration_ms, size, alignment_ms);
         tracing::info!(id, path = %c.path, size = c.size_bytes, duration_ms = c.duration_ms, "snapshot completed");
         self.completed.push(c.clone());
-        // Retention: only checkpoints are ours to delete; savepoints belong to the user.
-        let retained = self.config.checkpoint.retained as usize;
-        let chk: Vec<u64> = self
-            .completed
-            .iter()
-            .filter(|c| c.kind == SnapshotKind::Checkpoint)
-            .map(|c| c.id)
-            .collect();
-        if chk.len() > retained {
-            let drop_ids: Vec<u64> = chk[..chk.len() - retained].to_vec();
-            if let Some(st) = &self.checkpoint_storage {
-                for d in &drop_ids {
-                    if let Err(e) = st.delete_dir(&format!("chk-{d}")) {
-                        tracing::warn!(id = d, error = %e, "could not delete a subsumed checkpoint");
-                    }
-                }
+        // Retention over the whole checkpoint directory (checkpoints of earlier
+        // runs count too); savepoints belong to the user and are never touched.
+        // A failure here is logged: the next completion retries it.
+        if kind == SnapshotKind::Checkpoint
+            && let Some(st) = &self.checkpoint_storage
+        {
+            let retained = self.config.checkpoint.retained as usize;
+            match checkpoint::retention::enforce(st.as_ref(), retained) {
+                Ok(dropped) => self
+                    .completed
+                    .retain(|c| c.kind != SnapshotKind::Checkpoint || !dropped.contains(&c.id)),
+                Err(e) => tracing::warn!(error = %e, "could not delete subsumed checkpoints"),
             }
-            self.completed.retain(|c| !drop_ids.contains(&c.id));
         }
         let completed = self.completed.clone();
         self.set_status(|s| {

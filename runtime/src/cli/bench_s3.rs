@@ -1,0 +1,347 @@
+//! `runnel bench s3`: checkpoint upload throughput and restore time for keyed
+//! state on an S3 server, compared in the same run with a plain upload and
+//! download of the same number of bytes through the same client.
+//!
+//! The checkpoint side uses the runtime's own code paths: state files are
+//! encoded and streamed with `format::write_state_file` into the storage's
+//! object writer (what the uploader thread does), `_metadata` is committed with
+//! a conditional create, and the restore is `checkpoint::load_snapshot` (stream,
+//! checksum and decode every state file, a few files at a time). Uploads go one
+//! file after another, as on the single uploader thread. The plain side writes and reads the same byte count
+//! through the same `ObjectWriter`/reader without encoding, so the ratio is what
+//! the snapshot format costs on top of the transfer itself.
+//!
+//! Without `--uri` it starts `moto_server` on a free loopback port.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use runnel_runtime::checkpoint::format::{
+    FORMAT_NAME, FORMAT_VERSION, KeyGroupData, METADATA_FILE, OperatorMeta, SnapshotMetadata,
+    SubtaskMeta, SubtaskState, TableData,
+};
+use runnel_runtime::checkpoint::{self, format};
+use runnel_runtime::storage;
+use serde::Serialize;
+use serde_bytes::ByteBuf;
+
+use super::human_bytes;
+
+#[derive(Args, Debug)]
+pub struct BenchS3Args {
+    /// Target directory, e.g. `s3://bucket/bench?endpoint=http://127.0.0.1:9000&path_style=true`.
+    /// Without it, a moto_server is started on loopback.
+    #[arg(long)]
+    uri: Option<String>,
+    /// Keyed state size in MiB (entry keys and values).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    size_mib: u64,
+    /// Bytes per state value (keys are 16 bytes).
+    #[arg(long, default_value_t = 1008, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    value_bytes: u64,
+    /// State files (subtasks) the state is split into.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=128))]
+    files: u32,
+    /// Print machine-readable JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    uri: String,
+    state_bytes: u64,
+    file_bytes: u64,
+    files: u32,
+    plain_upload_s: f64,
+    plain_upload_mib_s: f64,
+    checkpoint_upload_s: f64,
+    checkpoint_upload_mib_s: f64,
+    upload_ratio: f64,
+    plain_download_s: f64,
+    plain_download_mib_s: f64,
+    restore_s: f64,
+    restore_mib_s: f64,
+    restore_ratio: f64,
+}
+
+/// A moto_server child, killed on drop.
+struct LocalS3(Child);
+
+impl Drop for LocalS3 {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_moto() -> anyhow::Result<(LocalS3, String)> {
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let child = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("cannot start moto_server (pip install \"moto[server]\"), or pass --uri")?;
+    let guard = LocalS3(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // Ready when it creates the bucket (moto does not check signatures, so a
+    // bare HTTP request does).
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            write!(
+                s,
+                "PUT /runnel-bench HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            let mut resp = String::new();
+            let _ = s.read_to_string(&mut resp);
+            if resp.starts_with("HTTP/1.1 200") {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("moto_server did not answer within 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((
+        guard,
+        format!(
+            "s3://runnel-bench/bench?endpoint=http://127.0.0.1:{port}&region=us-east-1&path_style=true"
+        ),
+    ))
+}
+
+/// One subtask's keyed state: `entries` entries spread over key groups.
+fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> SubtaskState {
+    const KEY_GROUPS: u64 = 32;
+    let per_group = entries.div_ceil(KEY_GROUPS);
+    let mut key_groups = Vec::new();
+    let mut made = 0u64;
+    for kg in 0..KEY_GROUPS {
+        let n = per_group.min(entries - made);
+        if n == 0 {
+            break;
+        }
+        let entries = (made..made + n)
+            .map(|i| {
+                let mut k = [0u8; 16];
+                k[..8].copy_from_slice(&i.to_le_bytes());
+                k[8..12].copy_from_slice(&subtask.to_le_bytes());
+                let v: Vec<u8> = (0..value_bytes)
+                    .map(|j| (i as u8).wrapping_add(j as u8))
+                    .collect();
+                (ByteBuf::from(k.to_vec()), ByteBuf::from(v))
+            })
+            .collect();
+        made += n;
+        key_groups.push(KeyGroupData {
+            key_group: (subtask as u64 * KEY_GROUPS + kg) as u32,
+            tables: vec![TableData {
+                name: "state".into(),
+                entries,
+            }],
+            timers: vec![],
+        });
+    }
+    SubtaskState {
+        operator_states: vec![],
+        key_groups,
+        in_flight: vec![],
+    }
+}
+
+fn mib_s(bytes: u64, s: f64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0) / s.max(1e-9)
+}
+
+pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
+    let (_server, uri) = match &args.uri {
+        Some(u) => (None, u.clone()),
+        None => {
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                // SAFETY: no other thread exists yet (no S3 client, no job).
+                unsafe {
+                    std::env::set_var("AWS_ACCESS_KEY_ID", "runnel-bench");
+                    std::env::set_var("AWS_SECRET_ACCESS_KEY", "runnel-bench");
+                }
+            }
+            let (s, u) = start_moto()?;
+            (Some(s), u)
+        }
+    };
+    let st = storage::open(&uri)?;
+    let entry_bytes = 16 + args.value_bytes;
+    let total_entries = (args.size_mib * 1024 * 1024).div_ceil(entry_bytes);
+    let per_file = total_entries.div_ceil(args.files as u64);
+    eprintln!(
+        "building {} of keyed state ({total_entries} entries in {} files)...",
+        human_bytes(total_entries * entry_bytes),
+        args.files
+    );
+    let states: Vec<SubtaskState> = (0..args.files)
+        .map(|s| {
+            let n = per_file.min(total_entries.saturating_sub(per_file * s as u64));
+            make_state(s, n, args.value_bytes)
+        })
+        .collect();
+
+    // Checkpoint upload: encode and stream every state file, then commit.
+    eprintln!("checkpoint upload...");
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let dir = format!("chk-{run_id}");
+    let t = Instant::now();
+    let mut subtasks = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        let file = checkpoint::unique_state_file_name("bench", i as u32);
+        let mut w = st.create(&storage::join(&dir, &file))?;
+        let d = format::write_state_file(state, &mut w)?;
+        w.finish()?;
+        subtasks.push(SubtaskMeta {
+            index: i as u32,
+            key_groups: None,
+            file,
+            size: d.size,
+            checksum: d.checksum,
+            keyed_entries: state
+                .key_groups
+                .iter()
+                .map(|k| k.tables[0].entries.len() as u64)
+                .sum(),
+            operator_state_items: 0,
+            in_flight_records: 0,
+        });
+    }
+    let md = SnapshotMetadata {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        kind: "checkpoint".into(),
+        checkpoint_id: 1,
+        job_name: "bench-s3".into(),
+        created_ms: 0,
+        max_parallelism: 128,
+        operators: vec![OperatorMeta {
+            uid: "bench".into(),
+            parallelism: args.files,
+            keyed_states: vec![],
+            subtasks,
+        }],
+    };
+    st.write_new(
+        &storage::join(&dir, METADATA_FILE),
+        &serde_json::to_vec(&md)?,
+    )?;
+    let checkpoint_upload_s = t.elapsed().as_secs_f64();
+    let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
+    drop(states);
+
+    // Plain upload of the same byte count, same client, same file split.
+    eprintln!("plain upload...");
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let plain_dir = format!("plain-{run_id}");
+    let t = Instant::now();
+    for s in &md.operators[0].subtasks {
+        let mut w = st.create(&storage::join(&plain_dir, &s.file))?;
+        let mut left = s.size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.finish()?;
+    }
+    let plain_upload_s = t.elapsed().as_secs_f64();
+
+    // Plain download.
+    eprintln!("plain download...");
+    let t = Instant::now();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0u64;
+    for s in &md.operators[0].subtasks {
+        let mut r = st.open(&storage::join(&plain_dir, &s.file))?;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            got += n as u64;
+        }
+    }
+    let plain_download_s = t.elapsed().as_secs_f64();
+    if got != file_bytes {
+        bail!("plain download returned {got} bytes, expected {file_bytes}");
+    }
+
+    // Restore: what a job does at start.
+    eprintln!("restore...");
+    let t = Instant::now();
+    let snap = checkpoint::load_snapshot(&st.uri(&dir))?;
+    let restore_s = t.elapsed().as_secs_f64();
+    let restored: u64 = snap
+        .states
+        .values()
+        .flatten()
+        .flat_map(|(_, s)| s.key_groups.iter())
+        .map(|k| k.tables[0].entries.len() as u64)
+        .sum();
+    if restored != total_entries {
+        bail!("restored {restored} entries, expected {total_entries}");
+    }
+    drop(snap);
+    st.delete_dir(&dir)?;
+    st.delete_dir(&plain_dir)?;
+
+    let r = Report {
+        uri: storage::split_last(&uri).0,
+        state_bytes: total_entries * entry_bytes,
+        file_bytes,
+        files: args.files,
+        plain_upload_s,
+        plain_upload_mib_s: mib_s(file_bytes, plain_upload_s),
+        checkpoint_upload_s,
+        checkpoint_upload_mib_s: mib_s(file_bytes, checkpoint_upload_s),
+        upload_ratio: plain_upload_s / checkpoint_upload_s,
+        plain_download_s,
+        plain_download_mib_s: mib_s(file_bytes, plain_download_s),
+        restore_s,
+        restore_mib_s: mib_s(file_bytes, restore_s),
+        restore_ratio: plain_download_s / restore_s,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "keyed state: {} in {} files ({} on storage)",
+            human_bytes(r.state_bytes),
+            r.files,
+            human_bytes(r.file_bytes)
+        );
+        println!("                         seconds     MiB/s   vs plain");
+        println!(
+            "plain upload           {:9.2} {:9.1}",
+            r.plain_upload_s, r.plain_upload_mib_s
+        );
+        println!(
+            "checkpoint upload      {:9.2} {:9.1}   {:6.1} %",
+            r.checkpoint_upload_s,
+            r.checkpoint_upload_mib_s,
+            100.0 * r.upload_ratio
+        );
+        println!(
+            "plain download         {:9.2} {:9.1}",
+            r.plain_download_s, r.plain_download_mib_s
+        );
+        println!(
+            "restore                {:9.2} {:9.1}   {:6.1} %",
+            r.restore_s,
+            r.restore_mib_s,
+            100.0 * r.restore_ratio
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
