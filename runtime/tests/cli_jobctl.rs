@@ -102,7 +102,15 @@ fn status_checkpoints_savepoint_inspect_dispose_stop() {
     assert_eq!(out.trim().len(), 32, "{out}");
 
     // Dispose refuses a checkpoint, deletes a savepoint.
-    let chk = job.status().completed.last().unwrap().path.clone();
+    let chk = job
+        .status()
+        .completed
+        .iter()
+        .rev()
+        .find(|c| c.kind == runnel_runtime::SnapshotKind::Checkpoint)
+        .expect("a retained checkpoint")
+        .path
+        .clone();
     let o = runnel(&["savepoint", "dispose", &chk]);
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(1));
