@@ -451,7 +451,7 @@ impl<T: Send + 'static> KafkaSink<T> {
             );
         }
         drop(others);
-        let meta = client::assign_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
+        let meta = client::lookup_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
         self.rt = Some(Runtime::Exactly(Box::new(EosRuntime {
             producer,
             tracker,
