@@ -325,6 +325,7 @@ impl Broker {
             );
             match c.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => {
+                    eof.insert(m.partition(), false);
                     let headers = m
                         .headers()
                         .map(|h| {
@@ -348,9 +349,11 @@ impl Broker {
                 _ => {}
             }
             let pos = c.position().expect("position");
+            // End-of-partition as well as the end offset: nisshi reports the
+            // last batch's base offset as the end offset.
             let done = ends.iter().all(|(p, end)| {
-                *end == 0
-                    || pos
+                eof.get(p).copied().unwrap_or(false)
+                    && pos
                         .find_partition(topic, *p)
                         .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
                         .unwrap_or(false)
