@@ -47,8 +47,12 @@ fn expected_output(n: u64, keys: u64) -> Vec<String> {
 }
 
 fn produce_input(b: &Broker, topic: &str, n: u64, keys: u64) {
+    produce_range(b, topic, 0..n, keys)
+}
+
+fn produce_range(b: &Broker, topic: &str, ids: std::ops::Range<u64>, keys: u64) {
     // Keyed by the job's key, so each key's records sit in one partition in id order.
-    let recs: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..n)
+    let recs: Vec<(Option<Vec<u8>>, Vec<u8>)> = ids
         .map(|id| {
             let k = id % keys;
             (
@@ -147,7 +151,9 @@ fn exactly_once_survives_process_kills_at_random_points() {
     const KEYS: u64 = 97;
     b.create_topic("eos-in", 4);
     b.create_topic("eos-out", 3);
-    produce_input(&b, "eos-in", N, KEYS);
+    // Input arrives in 13 slices, one before each run, so that every run has
+    // output to commit (and the commit-window faults have a window to hit).
+    let slice = N / 13;
     let dir = tempfile::tempdir().unwrap();
     let seed: u64 = std::env::var("CHAOS_SEED")
         .ok()
@@ -180,8 +186,17 @@ fn exactly_once_survives_process_kills_at_random_points() {
     }
     let mut kills = Vec::new();
     for (i, point) in points.iter().enumerate() {
+        produce_range(&b, "eos-in", i as u64 * slice..(i as u64 + 1) * slice, KEYS);
         let parallelism = rng.random_range(1..=3u32);
-        let at = latest_checkpoint(dir.path()) + rng.random_range(1..=3u64);
+        // A run's slice of input may be all processed within one checkpoint,
+        // so commit-window faults aim at the run's first commit; the others
+        // at one of the next three checkpoints.
+        let at = latest_checkpoint(dir.path())
+            + if point.starts_with("sink-") {
+                1
+            } else {
+                rng.random_range(1..=3u64)
+            };
         let fault = (*point != "sigkill").then(|| format!("{point}:{at}"));
         let mut run = spawn_job(&b, dir.path(), parallelism, fault.as_deref(), i);
         let deadline = Instant::now()
@@ -231,6 +246,7 @@ fn exactly_once_survives_process_kills_at_random_points() {
     assert!(kills.len() >= 10);
     // Final run without faults, until all output is committed, plus two more
     // checkpoints (anything duplicated late would show).
+    produce_range(&b, "eos-in", points.len() as u64 * slice..N, KEYS);
     let mut run = spawn_job(&b, dir.path(), 2, None, 99);
     let deadline = Instant::now() + Duration::from_secs(300);
     while !committed_count_at_least(&b, "eos-out", N as usize) {

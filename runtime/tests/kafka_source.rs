@@ -103,6 +103,10 @@ fn start_positions() {
                 .collect::<Vec<_>>(),
         );
     }
+    // "Latest" is the end offset the broker reports. nisshi 0.7.0 reports the
+    // base offset of the last record batch (here below 13), so it is read
+    // from the broker rather than assumed.
+    let p1_end = b.end_offsets("pos")[&1] as usize;
     let all = |ps: &[i32], from: usize| -> Vec<String> {
         let mut v: Vec<String> = ps
             .iter()
@@ -149,7 +153,10 @@ fn start_positions() {
     let _ = client.wait();
     let mut g = lock(&got).clone();
     g.sort();
-    assert_eq!(g, vec!["p0-11", "p0-12", "p1-new"]);
+    let mut want: Vec<String> = vec!["p0-11".into(), "p0-12".into(), "p1-new".into()];
+    want.extend((p1_end..13).map(|i| format!("p1-{i}")));
+    want.sort();
+    assert_eq!(g, want);
     assert_eq!(
         m.start_lines(),
         vec!["no restored state, starting from specific offsets {pos-0: 11} (fallback: Latest)"]
@@ -260,10 +267,20 @@ fn malformed_records_skip_dead_letter_and_fail() {
     };
     let s = KafkaSource::new(c, Json::<Order>::new(), env.config()).unwrap();
     let m = s.metrics();
-    assert_eq!(collect_n(env, s, 10), orders());
-    wait_until("3 dead-lettered", Duration::from_secs(10), || {
-        m.dead_lettered.load(Ordering::SeqCst) == 3
-    });
+    let (sink, got) = CollectSink::<Order>::new();
+    env.add_source("kafka", s).sink("collect", sink);
+    let client = env.execute_async().unwrap();
+    wait_until(
+        "10 good records and 3 dead letters",
+        Duration::from_secs(60),
+        || lock(&got).len() >= 10 && b.read_all("dlq", true).len() >= 3,
+    );
+    client.cancel().unwrap();
+    let _ = client.wait();
+    let mut g = lock(&got).clone();
+    g.sort();
+    assert_eq!(g, orders());
+    assert_eq!(m.dead_lettered.load(Ordering::SeqCst), 3);
     let dl = b.read_all("dlq", true);
     let vals: Vec<String> = dl.iter().map(|r| r.text()).collect();
     assert_eq!(vals, vec!["{not json 1", "{not json 5", "{not json 9"]);
@@ -367,32 +384,54 @@ fn partition_added_at_run_time_is_discovered() {
     wait_until("the first 4", Duration::from_secs(60), || {
         lock(&got).len() >= 4
     });
-    b.add_partitions("grow", 3);
-    b.produce("grow", Some(2), &[(None, b"in-new-partition".to_vec())]);
-    b.create_topic("new-topic", 1);
-    b.produce("new-topic", Some(0), &[(None, b"in-new-topic".to_vec())]);
+    // nisshi 0.7.0 does not implement CreatePartitions (UnsupportedFeature):
+    // there the new-partition half is skipped, loudly; on a broker that has
+    // it, a third partition must be found and read from earliest.
+    let grew = match b.add_partitions("grow", 3) {
+        Ok(()) => {
+            b.produce("grow", Some(2), &[(None, b"in-new-partition".to_vec())]);
+            true
+        }
+        Err(e) => {
+            assert!(e.contains("UnsupportedFeature"), "{e}");
+            eprintln!(
+                "\n!!! the broker cannot add partitions ({e}); only discovery of a new topic \
+                 (its partitions are new partitions too) is shown here\n"
+            );
+            false
+        }
+    };
+    b.create_topic("new-topic", 2);
+    b.produce("new-topic", Some(0), &[(None, b"in-new-topic-0".to_vec())]);
+    b.produce("new-topic", Some(1), &[(None, b"in-new-topic-1".to_vec())]);
+    let n = if grew { 7 } else { 6 };
     wait_until(
-        "records of the new partition and topic",
+        "records of the new partitions",
         Duration::from_secs(60),
-        || lock(&got).len() >= 6,
+        || lock(&got).len() >= n,
     );
     client.cancel().unwrap();
     let _ = client.wait();
     let mut g = lock(&got).clone();
     g.sort();
-    assert_eq!(
-        g,
-        vec!["in-new-partition", "in-new-topic", "x0", "x1", "x2", "x3"]
-    );
+    let mut want: Vec<String> = vec!["in-new-topic-0", "in-new-topic-1", "x0", "x1", "x2", "x3"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut want_tp = vec![
+        TopicPartition::new("new-topic", 0),
+        TopicPartition::new("new-topic", 1),
+    ];
+    if grew {
+        want.push("in-new-partition".into());
+        want_tp.push(TopicPartition::new("grow", 2));
+    }
+    want.sort();
+    want_tp.sort();
+    assert_eq!(g, want);
     let mut d = m.discovered();
     d.sort();
-    assert_eq!(
-        d,
-        vec![
-            TopicPartition::new("grow", 2),
-            TopicPartition::new("new-topic", 0)
-        ]
-    );
+    assert_eq!(d, want_tp);
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

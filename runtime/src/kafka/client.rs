@@ -44,13 +44,33 @@ pub(crate) fn assign_consumer(
     group: Option<&str>,
     properties: &BTreeMap<String, String>,
 ) -> Result<BaseConsumer, KafkaError> {
+    consumer_with(bootstrap, group, properties, "read_committed")
+}
+
+/// A consumer for offset look-ups: `read_uncommitted`, so that "latest" and
+/// end offsets are the log end (nisshi 0.7.0 answers a `read_committed`
+/// end-offset query with an offset below the end).
+pub(crate) fn lookup_consumer(
+    bootstrap: &str,
+    group: Option<&str>,
+    properties: &BTreeMap<String, String>,
+) -> Result<BaseConsumer, KafkaError> {
+    consumer_with(bootstrap, group, properties, "read_uncommitted")
+}
+
+fn consumer_with(
+    bootstrap: &str,
+    group: Option<&str>,
+    properties: &BTreeMap<String, String>,
+    isolation: &str,
+) -> Result<BaseConsumer, KafkaError> {
     let mut c = base_config(
         bootstrap,
         properties,
         &[
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
-            ("isolation.level", "read_committed"),
+            ("isolation.level", isolation),
             ("enable.partition.eof", "false"),
         ],
     );

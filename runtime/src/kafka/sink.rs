@@ -312,11 +312,11 @@ fn visible_markers(
         let (low, high) = consumer
             .fetch_watermarks(&cfg.topic, *p, LOOKUP_TIMEOUT)
             .map_err(KafkaError::client("recovery end offsets"))?;
-        if high > (*o).max(low) {
-            targets.insert(*p, high);
-            tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset((*o).max(low)))
-                .map_err(KafkaError::client("recovery assignment"))?;
-        }
+        // Every partition is read to its end even when the reported end
+        // equals the start: nisshi's end offset can lag the log (see below).
+        targets.insert(*p, high);
+        tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset((*o).max(low)))
+            .map_err(KafkaError::client("recovery assignment"))?;
     }
     if targets.is_empty() {
         return Ok(seen);
@@ -329,6 +329,11 @@ fn visible_markers(
     // partition has ended too, which the broker guarantees within the
     // transaction timeout.
     let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(30);
+    // Done when every partition reported end-of-partition at or past its
+    // target. The target alone is not enough: nisshi 0.7.0 reports the base
+    // offset of the last batch as the end offset, so records past the target
+    // may exist; end-of-partition comes from the fetch itself.
+    let mut at_eof: BTreeMap<i32, bool> = BTreeMap::new();
     loop {
         if Instant::now() > deadline {
             return Err(KafkaError::Timeout {
@@ -338,6 +343,7 @@ fn visible_markers(
         }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                at_eof.insert(m.partition(), false);
                 if let Some(h) = m.headers() {
                     for hd in h.iter() {
                         if hd.key == eos::MARKER_HEADER
@@ -350,7 +356,10 @@ fn visible_markers(
                 }
                 continue;
             }
-            Some(Err(rdkafka::error::KafkaError::PartitionEOF(_))) | None => {}
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                at_eof.insert(p, true);
+            }
+            None => {}
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "exactly-once recovery read-back");
             }
@@ -359,9 +368,11 @@ fn visible_markers(
             .position()
             .map_err(KafkaError::client("recovery position"))?;
         let done = targets.iter().all(|(p, target)| {
-            pos.find_partition(&cfg.topic, *p)
-                .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *target))
-                .unwrap_or(false)
+            at_eof.get(p).copied().unwrap_or(false)
+                && pos
+                    .find_partition(&cfg.topic, *p)
+                    .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *target))
+                    .unwrap_or(false)
         });
         if done {
             return Ok(seen);
@@ -451,7 +462,7 @@ impl<T: Send + 'static> KafkaSink<T> {
             );
         }
         drop(others);
-        let meta = client::assign_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
+        let meta = client::lookup_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
         self.rt = Some(Runtime::Exactly(Box::new(EosRuntime {
             producer,
             tracker,

@@ -214,7 +214,12 @@ impl<T: Send + 'static> KafkaSource<T> {
         let plan = assign::plan_starts(&mine, restored.as_ref(), &cfg.start);
         tracing::info!(operator = ctx.operator_name(), subtask, "{}", plan.log_line);
         push(&self.metrics.start_lines, plan.log_line.clone());
-        let next = client::resolve_starts(&consumer, &plan.starts, LOOKUP_TIMEOUT)?;
+        let lookup = client::lookup_consumer(
+            &cfg.bootstrap_servers,
+            cfg.group_id.as_deref(),
+            &cfg.properties,
+        )?;
+        let next = client::resolve_starts(&lookup, &plan.starts, LOOKUP_TIMEOUT)?;
         consumer
             .assign(&assign_tpl(&next)?)
             .map_err(KafkaError::client("assign partitions"))?;
@@ -278,7 +283,12 @@ impl<T: Send + 'static> KafkaSource<T> {
             .iter()
             .map(|tp| (tp.clone(), Start::Earliest))
             .collect();
-        let offsets = client::resolve_starts(&rt.consumer, &starts, LOOKUP_TIMEOUT)?;
+        let lookup = client::lookup_consumer(
+            &cfg.bootstrap_servers,
+            cfg.group_id.as_deref(),
+            &cfg.properties,
+        )?;
+        let offsets = client::resolve_starts(&lookup, &starts, LOOKUP_TIMEOUT)?;
         rt.consumer
             .incremental_assign(&assign_tpl(&offsets)?)
             .map_err(KafkaError::client("assign discovered partitions"))?;
