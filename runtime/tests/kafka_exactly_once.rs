@@ -71,6 +71,14 @@ struct Run {
     stderr: PathBuf,
 }
 
+impl Drop for Run {
+    /// A failing assertion must not leave the job process running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn spawn_job(b: &Broker, dir: &Path, parallelism: u32, fault: Option<&str>, run: usize) -> Run {
     let stderr = dir.join(format!("run-{run}.log"));
     let f = std::fs::File::create(&stderr).unwrap();
