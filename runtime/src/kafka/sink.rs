@@ -368,11 +368,13 @@ fn visible_markers(
             .position()
             .map_err(KafkaError::client("recovery position"))?;
         let done = targets.iter().all(|(p, target)| {
+            let start = starts.get(p).copied().unwrap_or(0);
             at_eof.get(p).copied().unwrap_or(false)
-                && pos
-                    .find_partition(&cfg.topic, *p)
-                    .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *target))
-                    .unwrap_or(false)
+                && match pos.find_partition(&cfg.topic, *p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o >= *target,
+                    // Nothing consumed: at end-of-partition at the start offset.
+                    _ => *target <= start,
+                }
         });
         if done {
             return Ok(seen);

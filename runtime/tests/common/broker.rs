@@ -351,12 +351,14 @@ impl Broker {
             let pos = c.position().expect("position");
             // End-of-partition as well as the end offset: nisshi reports the
             // last batch's base offset as the end offset.
+            // Nothing consumed at end-of-partition: nothing is readable there
+            // (e.g. only an open transaction, for read_committed).
             let done = ends.iter().all(|(p, end)| {
                 eof.get(p).copied().unwrap_or(false)
-                    && pos
-                        .find_partition(topic, *p)
-                        .map(|e| matches!(e.offset(), Offset::Offset(o) if o >= *end))
-                        .unwrap_or(false)
+                    && match pos.find_partition(topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o >= *end,
+                        _ => true,
+                    }
             });
             if done {
                 return out;
