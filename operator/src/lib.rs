@@ -1,0 +1,11 @@
+//! The Runnel Kubernetes operator: reconciles `StreamJob` resources.
+//!
+//! - [`crd`]: the resource types (and the CRD YAML generated from them);
+//! - [`machine`]: the pure reconcile decision (write-ahead status + actions);
+//! - [`control`]: the runtime control-API client;
+//! - [`kubeio`]: the Kubernetes objects and calls;
+//! - [`controller`]: observe → decide → write status → act;
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod crd;
+pub mod machine;
