@@ -371,10 +371,9 @@ fn savepoint_progress(c: &Ctx<'_>, sp: &SavepointInProgress) -> SpProgress {
         }
         _ => {}
     }
-    let pod_alive = w
-        .pods
-        .iter()
-        .any(|p| p.deploy_id == sp.deploy_id && p.phase != PodPhase::Terminating);
+    let pod_alive = w.pods.iter().any(|p| {
+        p.deploy_id == sp.deploy_id && matches!(p.phase, PodPhase::Pending | PodPhase::Running)
+    });
     if !pod_alive {
         return SpProgress::Failed("the runtime pod went away during the savepoint".into());
     }
@@ -408,6 +407,10 @@ fn track_savepoint(c: &mut Ctx<'_>) {
                 state: SavepointRecordState::Completed,
             });
             c.st.last_savepoint = Some(path.clone());
+            if let Some(v) = c.input.savepoint_annotation {
+                // An annotation that arrived while this one ran is served by it.
+                c.st.handled_savepoint_annotation = Some(v.to_string());
+            }
             c.event(
                 false,
                 "SavepointCompleted",
@@ -453,8 +456,8 @@ fn track_savepoint(c: &mut Ctx<'_>) {
 }
 
 /// Where a "last state" redeploy restores from. The newest checkpoint in
-/// storage, unless the current deployment restored from a savepoint and has
-/// not completed a checkpoint since: then that savepoint is the last state.
+/// storage, unless the current deployment has not completed a checkpoint
+/// since it started: then its own restore point is the last state.
 fn last_state_restore(st: &StreamJobStatus) -> Restore {
     let Some(d) = &st.deployment else {
         return st
@@ -466,9 +469,12 @@ fn last_state_restore(st: &StreamJobStatus) -> Restore {
         .last_checkpoint
         .as_ref()
         .is_some_and(|c| c.completed_ms >= d.started_ms);
-    match &d.restore {
-        Restore::Savepoint(p) if !checkpointed_since => Restore::Savepoint(p.clone()),
-        _ => Restore::LatestCheckpoint,
+    if checkpointed_since {
+        Restore::LatestCheckpoint
+    } else {
+        // Nothing newer than its own restore point (a savepoint, or empty
+        // state for a fresh start): that point is the last state.
+        d.restore.clone()
     }
 }
 
@@ -539,7 +545,12 @@ fn begin_operation(c: &mut Ctx<'_>, kind: OperationKind, target_generation: i64)
             // savepoint mode (and suspend in last-state mode): stop with savepoint.
             if c.job_running() {
                 None
-            } else if !stable {
+            } else if !stable
+                && !matches!(
+                    c.st.deployment.as_ref().map(|d| &d.restore),
+                    Some(Restore::LatestCheckpoint)
+                )
+            {
                 // Never ran since its restore point: that point is still exact.
                 c.st.deployment.as_ref().map(|d| d.restore.clone())
             } else if c.input.spec.allow_checkpoint_fallback || kind == OperationKind::Suspend {
@@ -617,6 +628,14 @@ fn start_operation(c: &mut Ctx<'_>) {
         }
         return;
     };
+    if c.st.savepoint_in_progress.is_some() {
+        // One thing at a time: a flow starts once the savepoint has finished.
+        c.waiting = Some((
+            "WaitingForSavepoint".into(),
+            "a savepoint is in progress".into(),
+        ));
+        return;
+    }
     if spec.state == DesiredState::Suspended {
         begin_operation(c, OperationKind::Suspend, generation);
         return;
@@ -628,7 +647,11 @@ fn start_operation(c: &mut Ctx<'_>) {
             .is_none_or(|old| deployed_view(&old) != deployed_view(spec));
     if spec_changed && c.st.rolled_back_generation != Some(generation) {
         begin_operation(c, OperationKind::Upgrade, generation);
-        return;
+        if c.st.operation.is_some() || c.st.savepoint_in_progress.is_some() {
+            return;
+        }
+        // Waiting for a running job: a health restart (of the deployed
+        // spec) below may bring it back, after which the upgrade proceeds.
     }
     if spec.restart_nonce != c.st.handled_restart_nonce {
         c.st.handled_restart_nonce = spec.restart_nonce;
@@ -751,9 +774,15 @@ fn advance_operation(c: &mut Ctx<'_>) {
                 c.event(false, "Suspended", "the job is suspended");
                 return;
             }
-            let rollback = op.kind == OperationKind::Rollback;
+            let restarting = op.kind == OperationKind::Restart;
+            // A restart of a rolled-back deployment stays rolled back.
+            let rollback = op.kind == OperationKind::Rollback
+                || restarting && c.st.deployment.as_ref().is_some_and(|d| d.rollback);
             let spec_json = if rollback {
                 c.st.last_stable_spec.clone()
+            } else if restarting && c.st.last_reconciled_spec.is_some() {
+                // A restart runs what is deployed, not a pending change.
+                c.st.last_reconciled_spec.clone()
             } else {
                 serde_json::to_string(c.input.spec).ok()
             };
