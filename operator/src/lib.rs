@@ -7,5 +7,7 @@
 //! - [`controller`]: observe → decide → write status → act;
 //! - [`metrics`]: Prometheus metrics.
 
+pub mod control;
 pub mod crd;
 pub mod machine;
+pub mod render;

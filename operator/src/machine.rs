@@ -168,7 +168,7 @@ pub fn validate(spec: &StreamJobSpec) -> Result<(), String> {
     if spec.parallelism == Some(0) {
         return Err("spec.parallelism: must be at least 1".into());
     }
-    runnel_spec::from_value(spec.job.clone(), "spec.job")
+    runnel_spec::from_value(crate::render::effective_job(spec), "spec.job")
         .map(|_| ())
         .map_err(|e| runnel_spec::format_errors(&e))?;
     if spec.savepoints.directory.is_none()
