@@ -9,5 +9,6 @@
 
 pub mod control;
 pub mod crd;
+pub mod kubeio;
 pub mod machine;
 pub mod render;
