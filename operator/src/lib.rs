@@ -8,7 +8,9 @@
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod control;
+pub mod controller;
 pub mod crd;
 pub mod kubeio;
 pub mod machine;
+pub mod metrics;
 pub mod render;
