@@ -38,6 +38,8 @@ pub struct Context {
     /// is appended.
     pub dispose_command: Vec<String>,
     pub control_timeout: Duration,
+    /// Port of the runtime pods' control API.
+    pub control_port: u16,
 }
 
 impl Context {
@@ -55,6 +57,7 @@ impl Context {
             metrics,
             dispose_command: vec!["runnel".into(), "savepoint".into(), "dispose".into()],
             control_timeout: Duration::from_secs(5),
+            control_port: CONTROL_PORT as u16,
         }
     }
 }
@@ -82,7 +85,7 @@ async fn observe_runtime(
     else {
         return (None, None);
     };
-    let c = ControlClient::new(&format!("http://{ip}:{CONTROL_PORT}"), ctx.control_timeout);
+    let c = ControlClient::new(&format!("http://{ip}:{}", ctx.control_port), ctx.control_timeout);
     // Checkpoints first: they show a completed savepoint without marking the
     // trigger result read (which would let a stopped runtime exit).
     let runtime = match (c.checkpoints().await, c.status().await) {
@@ -247,7 +250,7 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
                     continue;
                 };
                 let c =
-                    ControlClient::new(&format!("http://{ip}:{CONTROL_PORT}"), ctx.control_timeout);
+                    ControlClient::new(&format!("http://{ip}:{}", ctx.control_port), ctx.control_timeout);
                 match c.trigger_savepoint(target_directory, *stop).await {
                     Ok(t) => {
                         info!(target = %target_directory, stop, trigger = %t.trigger_id, "savepoint triggered");
