@@ -85,7 +85,10 @@ async fn observe_runtime(
     else {
         return (None, None);
     };
-    let c = ControlClient::new(&format!("http://{ip}:{}", ctx.control_port), ctx.control_timeout);
+    let c = ControlClient::new(
+        &format!("http://{ip}:{}", ctx.control_port),
+        ctx.control_timeout,
+    );
     // Checkpoints first: they show a completed savepoint without marking the
     // trigger result read (which would let a stopped runtime exit).
     let runtime = match (c.checkpoints().await, c.status().await) {
@@ -249,8 +252,10 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
                 else {
                     continue;
                 };
-                let c =
-                    ControlClient::new(&format!("http://{ip}:{}", ctx.control_port), ctx.control_timeout);
+                let c = ControlClient::new(
+                    &format!("http://{ip}:{}", ctx.control_port),
+                    ctx.control_timeout,
+                );
                 match c.trigger_savepoint(target_directory, *stop).await {
                     Ok(t) => {
                         info!(target = %target_directory, stop, trigger = %t.trigger_id, "savepoint triggered");

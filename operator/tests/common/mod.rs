@@ -74,7 +74,6 @@ pub fn start(dir: &str, spec: &StreamJobSpec, restore: &Restore, n: u32) -> Runt
     Runtime { child, url }
 }
 
-
 /// Starts `runnel` with a pod's exact arguments and its ConfigMap's job file
 /// (the control address moved to a free loopback port).
 pub fn start_args(dir: &str, job_yaml: &str, pod_args: &[String], n: u32) -> Runtime {
