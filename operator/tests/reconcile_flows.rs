@@ -199,10 +199,9 @@ impl Harness {
         for p in &api.patches {
             if p["metadata"]["annotations"]["runnel.dev/savepoint"].is_null()
                 && p["metadata"]["annotations"].is_object()
+                && let Some(a) = self.obj.metadata.annotations.as_mut()
             {
-                if let Some(a) = self.obj.metadata.annotations.as_mut() {
-                    a.remove("runnel.dev/savepoint");
-                }
+                a.remove("runnel.dev/savepoint");
             }
         }
         drop(api);
