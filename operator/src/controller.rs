@@ -298,8 +298,10 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
     let busy = written.operation.is_some()
         || written.savepoint_in_progress.is_some()
         || written.deployment.as_ref().is_some_and(|d| !d.stable);
+    // Savepoint progress and runtime state are not Kubernetes events, so a
+    // job in flux is polled quickly; an idle one rarely.
     Ok(Requeue::requeue(if busy {
-        Duration::from_secs(2)
+        Duration::from_millis(500)
     } else {
         Duration::from_secs(30)
     }))
