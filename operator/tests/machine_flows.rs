@@ -901,3 +901,60 @@ fn table_spec_change_by_job_state_by_savepoint_state_by_mode() {
         }
     }
 }
+
+#[test]
+fn final_savepoint_on_delete_then_the_finalizer_goes() {
+    let mut s = running(UpgradeMode::Savepoint);
+    s.spec.savepoints.savepoint_on_delete = true;
+    let d = s.decide();
+    assert!(d.actions.contains(&Action::AddFinalizer));
+    // Deleted (with the finalizer on it).
+    let decide_deleting = |s: &Sim| {
+        let world = s.world();
+        decide(&Input {
+            key: "ns-demo",
+            generation: s.generation,
+            spec: &s.spec,
+            savepoint_annotation: None,
+            deleting: true,
+            has_finalizer: true,
+            status: &s.status,
+            world: &world,
+            now_ms: s.now,
+        })
+    };
+    let mut removed = false;
+    for _ in 0..10 {
+        let d = decide_deleting(&s);
+        s.status = d.status.clone();
+        for a in &d.actions {
+            if *a == Action::RemoveFinalizer {
+                removed = true;
+            }
+            if let Some((t, id)) = s.act(a)
+                && let Some(sp) = s.status.savepoint_in_progress.as_mut()
+                && sp.target_directory == t
+            {
+                sp.trigger_id = Some(id);
+            }
+        }
+        if removed {
+            break;
+        }
+        assert!(
+            s.status.savepoint_in_progress.is_some(),
+            "the finalizer stays until the savepoint is done"
+        );
+        s.tick();
+    }
+    assert!(removed);
+    assert_eq!(s.stop_triggers(), 1);
+    assert_eq!(s.savepoints_of(SavepointTrigger::Delete).len(), 1);
+
+    // Without the option, the finalizer (if any) goes at once.
+    let mut n = running(UpgradeMode::Savepoint);
+    n.spec.savepoints.savepoint_on_delete = false;
+    let d = decide_deleting(&n);
+    assert!(d.actions.contains(&Action::RemoveFinalizer));
+    assert!(n.accepted.is_empty());
+}
