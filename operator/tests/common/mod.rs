@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use runnel_operator::crd::{Restore, StreamJobSpec};
 use runnel_operator::render;
 
+pub mod harness;
+
 /// The `runnel` binary of this workspace; built if missing.
 pub fn runnel_bin() -> PathBuf {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
