@@ -1,0 +1,16 @@
+//! The Runnel Kubernetes operator: reconciles `StreamJob` resources.
+//!
+//! - [`crd`]: the resource types (and the CRD YAML generated from them);
+//! - [`machine`]: the pure reconcile decision (write-ahead status + actions);
+//! - [`control`]: the runtime control-API client;
+//! - [`kubeio`]: the Kubernetes objects and calls;
+//! - [`controller`]: observe → decide → write status → act;
+//! - [`metrics`]: Prometheus metrics.
+
+pub mod control;
+pub mod controller;
+pub mod crd;
+pub mod kubeio;
+pub mod machine;
+pub mod metrics;
+pub mod render;

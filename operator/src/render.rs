@@ -1,0 +1,509 @@
+//! The Kubernetes objects of a deployment, built from the spec (pure).
+//!
+//! One bare Pod per deployment (restartPolicy `Never`) runs
+//! `runnel run /etc/runnel/job.yaml` — coordinator and workers in one
+//! process — with the job in a ConfigMap of the same deployment id, and one
+//! Service for the control API and metrics. A bare pod (not a Deployment or
+//! StatefulSet) because only the operator may restart a job: a workload
+//! controller would restart a stopped-with-savepoint or failed runtime with
+//! its original arguments, i.e. from the wrong state. See `docs/operator.md`.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, HTTPGetAction, Pod,
+    PodSpec, PodTemplateSpec, Probe, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
+
+use crate::crd::{Restore, StreamJobSpec};
+
+pub const CONTROL_PORT: i32 = 8081;
+pub const LABEL_JOB: &str = "runnel.dev/job";
+pub const LABEL_DEPLOY_ID: &str = "runnel.dev/deploy-id";
+pub const LABEL_SPEC_GENERATION: &str = "runnel.dev/spec-generation";
+pub const LABEL_DISPOSE_FOR: &str = "runnel.dev/dispose-for";
+pub const ANNOTATION_RESTORE: &str = "runnel.dev/restore";
+pub const ANNOTATION_SAVEPOINT_PATH: &str = "runnel.dev/savepoint-path";
+pub const JOB_FILE_DIR: &str = "/etc/runnel";
+/// A stopped runtime keeps its control API up until the operator has read
+/// the savepoint result, for at most this long.
+pub const LINGER: &str = "24h";
+
+/// Identity of the owning StreamJob.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub name: String,
+    pub namespace: String,
+    pub uid: String,
+}
+
+impl Owner {
+    fn reference(&self) -> OwnerReference {
+        OwnerReference {
+            api_version: "runnel.dev/v1alpha1".into(),
+            kind: "StreamJob".into(),
+            name: self.name.clone(),
+            uid: self.uid.clone(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        }
+    }
+
+    fn meta(&self, name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
+        ObjectMeta {
+            name: Some(name),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(labels),
+            owner_references: Some(vec![self.reference()]),
+            ..Default::default()
+        }
+    }
+
+    fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            ("app.kubernetes.io/name".into(), "runnel".into()),
+            (
+                "app.kubernetes.io/managed-by".into(),
+                "runnel-operator".into(),
+            ),
+            (LABEL_JOB.into(), self.name.clone()),
+        ])
+    }
+}
+
+pub fn pod_name(job: &str, deploy_id: u64) -> String {
+    format!("{job}-{deploy_id}")
+}
+
+pub fn configmap_name(job: &str, deploy_id: u64) -> String {
+    format!("{job}-job-{deploy_id}")
+}
+
+pub fn service_name(job: &str) -> String {
+    format!("{job}-control")
+}
+
+/// Name of the Job that disposes of `path` (stable, so starting it is idempotent).
+pub fn dispose_job_name(job: &str, path: &str) -> String {
+    let h = xxhash(path.as_bytes());
+    format!("{job}-dispose-{h:016x}")
+}
+
+/// FNV-1a: a stable 64-bit name hash without another dependency.
+fn xxhash(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &x| {
+        (h ^ u64::from(x)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// `spec.job` with the StreamJob-level overrides (max parallelism,
+/// checkpointing) applied: what the runtime runs and what is validated.
+pub fn effective_job(spec: &StreamJobSpec) -> Value {
+    let mut job = spec.job.clone();
+    let Value::Object(map) = &mut job else {
+        return job;
+    };
+    if let Some(m) = spec.max_parallelism {
+        map.insert("maxParallelism".into(), m.into());
+    }
+    if let Some(p) = spec.parallelism {
+        map.insert("parallelism".into(), p.into());
+    }
+    if let Some(c) = &spec.checkpointing {
+        let entry = map
+            .entry("checkpoint")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Value::Object(cp) = entry {
+            let mut set = |k: &str, v: Option<Value>| {
+                if let Some(v) = v {
+                    cp.insert(k.into(), v);
+                }
+            };
+            set("interval", c.interval.clone().map(Value::from));
+            set("mode", c.mode.clone().map(Value::from));
+            set("storage", c.storage.clone().map(Value::from));
+            set("retained", c.retained.map(Value::from));
+            set("timeout", c.timeout.clone().map(Value::from));
+            set("minPause", c.min_pause.clone().map(Value::from));
+        }
+    }
+    job
+}
+
+pub fn configmap(owner: &Owner, deploy_id: u64, spec: &StreamJobSpec) -> ConfigMap {
+    let yaml = serde_yaml::to_string(&effective_job(spec)).unwrap_or_default();
+    ConfigMap {
+        metadata: owner.meta(configmap_name(&owner.name, deploy_id), owner.labels()),
+        data: Some(BTreeMap::from([("job.yaml".to_string(), yaml)])),
+        ..Default::default()
+    }
+}
+
+/// The `runnel run` arguments of a deployment.
+pub fn runtime_args(spec: &StreamJobSpec, restore: &Restore) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "run".into(),
+        format!("{JOB_FILE_DIR}/job.yaml"),
+        "--control-addr".into(),
+        format!("0.0.0.0:{CONTROL_PORT}"),
+        "--linger".into(),
+        LINGER.into(),
+    ];
+    match restore {
+        Restore::Empty => {}
+        Restore::Savepoint(p) => {
+            a.push("--from-savepoint".into());
+            a.push(p.clone());
+        }
+        Restore::LatestCheckpoint => a.push("--from-latest-checkpoint".into()),
+    }
+    if spec.allow_non_restored_state {
+        a.push("--allow-non-restored-state".into());
+    }
+    if let Some(p) = spec.parallelism {
+        a.push("--parallelism".into());
+        a.push(p.to_string());
+    }
+    if let Some(d) = &spec.savepoints.directory {
+        a.push("--savepoint-dir".into());
+        a.push(d.clone());
+    }
+    a
+}
+
+fn env_from(spec: &StreamJobSpec) -> Option<Vec<EnvFromSource>> {
+    let v: Vec<EnvFromSource> = [&spec.s3_credentials_secret, &spec.kafka_credentials_secret]
+        .into_iter()
+        .flatten()
+        .map(|name| EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: name.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
+pub fn pod(
+    owner: &Owner,
+    deploy_id: u64,
+    spec_generation: i64,
+    spec: &StreamJobSpec,
+    restore: &Restore,
+) -> Pod {
+    let mut labels = owner.labels();
+    labels.insert(LABEL_DEPLOY_ID.into(), deploy_id.to_string());
+    labels.insert(LABEL_SPEC_GENERATION.into(), spec_generation.to_string());
+    let mut meta = owner.meta(pod_name(&owner.name, deploy_id), labels);
+    meta.annotations = Some(BTreeMap::from([(
+        ANNOTATION_RESTORE.to_string(),
+        serde_json::to_string(restore).unwrap_or_default(),
+    )]));
+    let container = Container {
+        name: "runtime".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: spec.image_pull_policy.clone(),
+        command: Some(vec!["runnel".into()]),
+        args: Some(runtime_args(spec, restore)),
+        ports: Some(vec![ContainerPort {
+            name: Some("control".into()),
+            container_port: CONTROL_PORT,
+            ..Default::default()
+        }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(CONTROL_PORT),
+                ..Default::default()
+            }),
+            period_seconds: Some(5),
+            ..Default::default()
+        }),
+        env_from: env_from(spec),
+        resources: spec.resources.clone(),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "job".into(),
+            mount_path: JOB_FILE_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let pod = Pod {
+        metadata: meta,
+        spec: Some(PodSpec {
+            containers: vec![container],
+            restart_policy: Some("Never".into()),
+            service_account_name: spec.service_account_name.clone(),
+            volumes: Some(vec![Volume {
+                name: "job".into(),
+                config_map: Some(ConfigMapVolumeSource {
+                    name: configmap_name(&owner.name, deploy_id),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    };
+    match &spec.pod_template {
+        Some(t) => merge_pod_template(pod, t),
+        None => pod,
+    }
+}
+
+/// Merges `template` into `pod`: JSON merge patch (RFC 7386) semantics,
+/// except that `spec.containers` and `spec.initContainers` entries are
+/// merged by name rather than replacing the list, so a template can add a
+/// sidecar or set the runtime container's env without restating it.
+/// Hand-written: the merge-by-name rule is Kubernetes' strategic merge,
+/// which no small crate implements for typed objects.
+pub fn merge_pod_template(pod: Pod, template: &Value) -> Pod {
+    let Ok(mut base) = serde_json::to_value(&pod) else {
+        return pod;
+    };
+    merge(&mut base, template, "");
+    // The operator's identity fields win over the template.
+    base["metadata"]["name"] = serde_json::to_value(&pod.metadata.name).unwrap_or(Value::Null);
+    base["metadata"]["ownerReferences"] =
+        serde_json::to_value(&pod.metadata.owner_references).unwrap_or(Value::Null);
+    if let Some(l) = &pod.metadata.labels {
+        for (k, v) in l {
+            base["metadata"]["labels"][k] = Value::from(v.clone());
+        }
+    }
+    serde_json::from_value(base).unwrap_or(pod)
+}
+
+fn merge(base: &mut Value, patch: &Value, path: &str) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                let child = format!("{path}/{k}");
+                if v.is_null() {
+                    b.remove(k);
+                } else if child == "/spec/containers" || child == "/spec/initContainers" {
+                    merge_by_name(b.entry(k.clone()).or_insert(Value::Array(vec![])), v);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v, &child);
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+fn merge_by_name(base: &mut Value, patch: &Value) {
+    let (Value::Array(b), Value::Array(p)) = (&mut *base, patch) else {
+        *base = patch.clone();
+        return;
+    };
+    for item in p {
+        let name = item.get("name");
+        match b
+            .iter_mut()
+            .find(|x| x.get("name") == name && name.is_some())
+        {
+            Some(existing) => merge(existing, item, ""),
+            None => b.push(item.clone()),
+        }
+    }
+}
+
+pub fn service(owner: &Owner) -> Service {
+    let mut selector = BTreeMap::new();
+    selector.insert(LABEL_JOB.to_string(), owner.name.clone());
+    Service {
+        metadata: owner.meta(service_name(&owner.name), owner.labels()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("control".into()),
+                port: CONTROL_PORT,
+                target_port: Some(IntOrString::Int(CONTROL_PORT)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// A Job that deletes a savepoint's files with the runtime image
+/// (`runnel savepoint dispose PATH`), with the job's storage credentials.
+pub fn dispose_job(owner: &Owner, spec: &StreamJobSpec, path: &str, command: &[String]) -> Job {
+    let mut labels = owner.labels();
+    labels.insert(LABEL_DISPOSE_FOR.into(), owner.name.clone());
+    let mut meta = owner.meta(dispose_job_name(&owner.name, path), labels.clone());
+    meta.annotations = Some(BTreeMap::from([(
+        ANNOTATION_SAVEPOINT_PATH.to_string(),
+        path.to_string(),
+    )]));
+    let mut args: Vec<String> = command.iter().skip(1).cloned().collect();
+    args.push(path.to_string());
+    Job {
+        metadata: meta,
+        spec: Some(K8sJobSpec {
+            backoff_limit: Some(3),
+            ttl_seconds_after_finished: Some(3600),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    service_account_name: spec.service_account_name.clone(),
+                    containers: vec![Container {
+                        name: "dispose".into(),
+                        image: Some(spec.image.clone()),
+                        image_pull_policy: spec.image_pull_policy.clone(),
+                        command: command.first().map(|c| vec![c.clone()]),
+                        args: Some(args),
+                        env_from: env_from(spec),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> StreamJobSpec {
+        serde_json::from_value(serde_json::json!({
+            "image": "runnel:1",
+            "parallelism": 3,
+            "maxParallelism": 64,
+            "job": { "version": 1, "name": "j", "sources": [], "sinks": [] },
+            "checkpointing": { "interval": "5s", "storage": "s3://b/chk" },
+            "savepoints": { "directory": "s3://b/sp" },
+            "s3CredentialsSecret": "s3",
+            "podTemplate": {
+                "metadata": { "labels": { "team": "a", "runnel.dev/job": "evil" } },
+                "spec": {
+                    "nodeSelector": { "disk": "ssd" },
+                    "containers": [
+                        { "name": "runtime", "env": [{ "name": "RUST_LOG", "value": "debug" }] },
+                        { "name": "sidecar", "image": "busybox" }
+                    ]
+                }
+            }
+        }))
+        .unwrap()
+    }
+
+    fn owner() -> Owner {
+        Owner {
+            name: "demo".into(),
+            namespace: "ns".into(),
+            uid: "u-1".into(),
+        }
+    }
+
+    #[test]
+    fn pod_runs_the_job_from_the_restore_point_with_template_merged() {
+        let s = spec();
+        let p = pod(
+            &owner(),
+            4,
+            7,
+            &s,
+            &Restore::Savepoint("s3://b/sp/x".into()),
+        );
+        assert_eq!(p.metadata.name.as_deref(), Some("demo-4"));
+        let l = p.metadata.labels.as_ref().unwrap();
+        assert_eq!(l[LABEL_DEPLOY_ID], "4");
+        assert_eq!(l[LABEL_SPEC_GENERATION], "7");
+        assert_eq!(
+            l[LABEL_JOB], "demo",
+            "the template cannot steal identity labels"
+        );
+        assert_eq!(l["team"], "a");
+        assert_eq!(p.metadata.owner_references.as_ref().unwrap()[0].uid, "u-1");
+        let ps = p.spec.as_ref().unwrap();
+        assert_eq!(ps.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(ps.node_selector.as_ref().unwrap()["disk"], "ssd");
+        assert_eq!(ps.containers.len(), 2);
+        let c = &ps.containers[0];
+        assert_eq!(c.image.as_deref(), Some("runnel:1"));
+        assert_eq!(c.env.as_ref().unwrap()[0].name, "RUST_LOG");
+        assert_eq!(
+            c.args.as_ref().unwrap(),
+            &[
+                "run",
+                "/etc/runnel/job.yaml",
+                "--control-addr",
+                "0.0.0.0:8081",
+                "--linger",
+                "24h",
+                "--from-savepoint",
+                "s3://b/sp/x",
+                "--parallelism",
+                "3",
+                "--savepoint-dir",
+                "s3://b/sp"
+            ]
+        );
+        assert_eq!(
+            c.env_from.as_ref().unwrap()[0]
+                .secret_ref
+                .as_ref()
+                .unwrap()
+                .name,
+            "s3"
+        );
+    }
+
+    #[test]
+    fn configmap_holds_the_effective_job() {
+        let cm = configmap(&owner(), 2, &spec());
+        let yaml = &cm.data.as_ref().unwrap()["job.yaml"];
+        let v: Value = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(v["maxParallelism"], 64);
+        assert_eq!(v["parallelism"], 3);
+        assert_eq!(v["checkpoint"]["interval"], "5s");
+        assert_eq!(v["checkpoint"]["storage"], "s3://b/chk");
+        assert_eq!(cm.metadata.name.as_deref(), Some("demo-job-2"));
+    }
+
+    #[test]
+    fn restore_flags() {
+        let s = spec();
+        assert!(
+            runtime_args(&s, &Restore::LatestCheckpoint)
+                .contains(&"--from-latest-checkpoint".to_string())
+        );
+        let e = runtime_args(&s, &Restore::Empty);
+        assert!(!e.iter().any(|a| a.starts_with("--from")));
+    }
+
+    #[test]
+    fn dispose_job_is_named_by_path() {
+        let cmd = vec!["runnel".to_string(), "savepoint".into(), "dispose".into()];
+        let a = dispose_job(&owner(), &spec(), "s3://b/sp/1", &cmd);
+        let b = dispose_job(&owner(), &spec(), "s3://b/sp/1", &cmd);
+        let c = dispose_job(&owner(), &spec(), "s3://b/sp/2", &cmd);
+        assert_eq!(a.metadata.name, b.metadata.name);
+        assert_ne!(a.metadata.name, c.metadata.name);
+        let ct = &a.spec.unwrap().template.spec.unwrap().containers[0];
+        assert_eq!(
+            ct.args.as_ref().unwrap(),
+            &["savepoint", "dispose", "s3://b/sp/1"]
+        );
+    }
+}

@@ -1,0 +1,58 @@
+//! The checked-in CRD must be exactly what the Rust types generate.
+
+use kube::CustomResourceExt;
+use runnel_operator::crd::{StreamJob, crd_yaml};
+
+#[test]
+fn checked_in_crd_matches_the_types() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../crds/streamjobs.runnel.dev.yaml"
+    );
+    let on_disk = std::fs::read_to_string(path).expect("crds/streamjobs.runnel.dev.yaml");
+    let generated = crd_yaml().unwrap();
+    assert!(
+        on_disk == generated,
+        "crds/streamjobs.runnel.dev.yaml is stale: regenerate it with \
+         `cargo run -p runnel-operator -- crd > crds/streamjobs.runnel.dev.yaml`"
+    );
+}
+
+#[test]
+fn crd_has_short_name_status_and_printer_columns() {
+    let crd = StreamJob::crd();
+    assert_eq!(crd.metadata.name.as_deref(), Some("streamjobs.runnel.dev"));
+    assert_eq!(crd.spec.group, "runnel.dev");
+    assert_eq!(crd.spec.names.short_names, Some(vec!["sj".to_string()]));
+    let v = &crd.spec.versions[0];
+    assert_eq!(v.name, "v1alpha1");
+    assert!(v.subresources.as_ref().unwrap().status.is_some());
+    let cols: Vec<&str> = v
+        .additional_printer_columns
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        cols,
+        ["Lifecycle", "Job", "Parallelism", "Last Savepoint", "Age"]
+    );
+    // Structural schema: no $ref anywhere (the API server rejects them).
+    let yaml = crd_yaml().unwrap();
+    assert!(!yaml.contains("$ref"), "{yaml}");
+    let job = &v
+        .schema
+        .as_ref()
+        .unwrap()
+        .open_api_v3_schema
+        .as_ref()
+        .unwrap()
+        .properties
+        .as_ref()
+        .unwrap()["spec"]
+        .properties
+        .as_ref()
+        .unwrap()["job"];
+    assert_eq!(job.x_kubernetes_preserve_unknown_fields, Some(true));
+}
