@@ -32,6 +32,16 @@ pub const FINALIZER: &str = "runnel.dev/final-savepoint";
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.parallelism) || !has(self.maxParallelism) || self.parallelism <= self.maxParallelism",
+        "message": "parallelism must not exceed maxParallelism"
+    },
+    {
+        "rule": "!has(self.initialSavepointPath) || self.initialSavepointPath != ''",
+        "message": "initialSavepointPath must not be empty"
+    }
+]))]
 pub struct StreamJobSpec {
     /// Runtime image (contains the `runnel` binary).
     pub image: String,
@@ -145,6 +155,7 @@ pub struct SavepointsSpec {
     pub periodic_interval_seconds: Option<u64>,
     /// Keep at most this many completed savepoints (at least one is always kept).
     #[serde(default = "default_history_max_count")]
+    #[schemars(range(min = 1))]
     pub history_max_count: u32,
     /// Dispose of savepoints older than this (seconds); unset = no age limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -56,3 +56,18 @@ fn crd_has_short_name_status_and_printer_columns() {
         .unwrap()["job"];
     assert_eq!(job.x_kubernetes_preserve_unknown_fields, Some(true));
 }
+
+#[test]
+fn cel_validation_rules_compile() {
+    let v = serde_json::to_value(StreamJob::crd()).unwrap();
+    let rules = v["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["x-kubernetes-validations"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(rules.len(), 2);
+    for r in rules {
+        let rule = r["rule"].as_str().unwrap();
+        cel::Program::compile(rule).unwrap_or_else(|e| panic!("{rule}: {e}"));
+    }
+}
