@@ -154,14 +154,25 @@ pub fn savepoint(a: SavepointArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     eprintln!("savepoint triggered ({trigger}); waiting for it to complete...");
-    let s = c.wait_savepoint(&trigger, a.timeout)?;
+    print_savepoint_outcome(&c, &trigger, a.timeout, "savepoint failed")
+}
+
+/// Waits for a trigger and prints the savepoint path, or fails with `failure`
+/// and the job's reason.
+fn print_savepoint_outcome(
+    c: &ControlClient,
+    trigger: &str,
+    timeout: Duration,
+    failure: &str,
+) -> anyhow::Result<ExitCode> {
+    let s = c.wait_savepoint(trigger, timeout)?;
     match s.state {
         TriggerState::Completed => {
             println!("{}", s.path.unwrap_or_default());
             Ok(ExitCode::SUCCESS)
         }
         _ => bail!(
-            "savepoint failed: {}",
+            "{failure}: {}",
             s.error.unwrap_or_else(|| "no reason given".into())
         ),
     }
@@ -172,17 +183,12 @@ pub fn stop(a: StopArgs) -> anyhow::Result<ExitCode> {
     let dir = a.savepoint.filter(|d| !d.is_empty());
     let trigger = c.stop(dir, a.drain)?;
     eprintln!("stop-with-savepoint triggered ({trigger}); waiting...");
-    let s = c.wait_savepoint(&trigger, a.timeout)?;
-    match s.state {
-        TriggerState::Completed => {
-            println!("{}", s.path.unwrap_or_default());
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => bail!(
-            "stop-with-savepoint failed, the job keeps running: {}",
-            s.error.unwrap_or_else(|| "no reason given".into())
-        ),
-    }
+    print_savepoint_outcome(
+        &c,
+        &trigger,
+        a.timeout,
+        "stop-with-savepoint failed, the job keeps running",
+    )
 }
 
 pub fn cancel(a: CancelArgs) -> anyhow::Result<ExitCode> {
