@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::batch::v1::{Job, JobSpec as K8sJobSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, HTTPGetAction, Pod,
-    PodSpec, PodTemplateSpec, Probe, SecretEnvSource, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, EnvFromSource, EnvVar,
+    EnvVarSource, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe, SecretEnvSource,
+    SecretKeySelector, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -191,6 +191,31 @@ fn env_from(spec: &StreamJobSpec) -> Option<Vec<EnvFromSource>> {
     (!v.is_empty()).then_some(v)
 }
 
+/// The Secret keys the job's connectors name (`credentials` in `spec.job`),
+/// each as the environment variable the runtime reads it from. An optional
+/// `false` reference makes a missing Secret a visible pod error
+/// (CreateContainerConfigError) rather than a job that fails to authenticate.
+fn secret_env(spec: &StreamJobSpec) -> Option<Vec<EnvVar>> {
+    let job = runnel_spec::from_value(spec.job.clone(), "spec.job").ok()?;
+    let v: Vec<EnvVar> = job
+        .secret_refs()
+        .into_iter()
+        .map(|r| EnvVar {
+            name: r.env_var(),
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
 pub fn pod(
     owner: &Owner,
     deploy_id: u64,
@@ -227,6 +252,7 @@ pub fn pod(
             ..Default::default()
         }),
         env_from: env_from(spec),
+        env: secret_env(spec),
         resources: spec.resources.clone(),
         volume_mounts: Some(vec![VolumeMount {
             name: "job".into(),
@@ -283,6 +309,18 @@ pub fn merge_pod_template(pod: Pod, template: &Value) -> Pod {
     serde_json::from_value(base).unwrap_or(pod)
 }
 
+/// Lists that Kubernetes' strategic merge patch merges by a key instead of
+/// replacing, so a template can add an env var or a volume without dropping
+/// the operator's own (the job file volume, credential env vars).
+fn merge_key(path: &str) -> Option<&'static str> {
+    match path {
+        "/spec/containers" | "/spec/initContainers" | "/spec/volumes" => Some("name"),
+        "/container/env" | "/container/ports" => Some("name"),
+        "/container/volumeMounts" => Some("mountPath"),
+        _ => None,
+    }
+}
+
 fn merge(base: &mut Value, patch: &Value, path: &str) {
     match (base, patch) {
         (Value::Object(b), Value::Object(p)) => {
@@ -290,8 +328,18 @@ fn merge(base: &mut Value, patch: &Value, path: &str) {
                 let child = format!("{path}/{k}");
                 if v.is_null() {
                     b.remove(k);
-                } else if child == "/spec/containers" || child == "/spec/initContainers" {
-                    merge_by_name(b.entry(k.clone()).or_insert(Value::Array(vec![])), v);
+                } else if let Some(key) = merge_key(&child) {
+                    let nested = if child.ends_with("ontainers") {
+                        "/container"
+                    } else {
+                        ""
+                    };
+                    merge_by_key(
+                        b.entry(k.clone()).or_insert(Value::Array(vec![])),
+                        v,
+                        key,
+                        nested,
+                    );
                 } else {
                     merge(b.entry(k.clone()).or_insert(Value::Null), v, &child);
                 }
@@ -301,18 +349,15 @@ fn merge(base: &mut Value, patch: &Value, path: &str) {
     }
 }
 
-fn merge_by_name(base: &mut Value, patch: &Value) {
+fn merge_by_key(base: &mut Value, patch: &Value, key: &str, nested: &str) {
     let (Value::Array(b), Value::Array(p)) = (&mut *base, patch) else {
         *base = patch.clone();
         return;
     };
     for item in p {
-        let name = item.get("name");
-        match b
-            .iter_mut()
-            .find(|x| x.get("name") == name && name.is_some())
-        {
-            Some(existing) => merge(existing, item, ""),
+        let id = item.get(key);
+        match b.iter_mut().find(|x| x.get(key) == id && id.is_some()) {
+            Some(existing) => merge(existing, item, nested),
             None => b.push(item.clone()),
         }
     }
@@ -466,6 +511,53 @@ mod tests {
                 .unwrap()
                 .name,
             "s3"
+        );
+    }
+
+    #[test]
+    fn job_credentials_become_secret_env_vars_next_to_the_templates_env() {
+        let mut s = spec();
+        s.job = serde_json::json!({
+            "version": 1, "name": "j",
+            "sources": [{ "name": "in", "kafka": {
+                "bootstrapServers": "k:9092", "topics": ["a"], "groupId": "g",
+                "credentials": { "securityProtocol": "sasl_ssl", "saslMechanism": "PLAIN",
+                    "username": { "name": "kafka-creds", "key": "user" },
+                    "password": { "name": "kafka-creds", "key": "password" } } } }],
+            "sinks": [{ "name": "out", "kafka": {
+                "bootstrapServers": "k:9092", "topic": "b",
+                "credentials": { "securityProtocol": "sasl_ssl",
+                    "username": { "name": "kafka-creds", "key": "user" } } } }]
+        });
+        let p = pod(&owner(), 1, 1, &s, &Restore::Empty);
+        let c = &p.spec.as_ref().unwrap().containers[0];
+        let env: Vec<(String, Option<(String, String)>)> = c
+            .env
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let r = e
+                    .value_from
+                    .as_ref()
+                    .and_then(|v| v.secret_key_ref.as_ref());
+                (e.name.clone(), r.map(|r| (r.name.clone(), r.key.clone())))
+            })
+            .collect();
+        let kv = |n: &str, k: &str| {
+            (
+                n.to_string(),
+                Some(("kafka-creds".to_string(), k.to_string())),
+            )
+        };
+        assert_eq!(
+            env,
+            vec![
+                kv("RUNNEL_SECRET_KAFKA_CREDS_PASSWORD", "password"),
+                kv("RUNNEL_SECRET_KAFKA_CREDS_USER", "user"),
+                ("RUST_LOG".to_string(), None),
+            ],
+            "each Secret key once, and the template's env added, not replacing"
         );
     }
 

@@ -412,6 +412,54 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+impl SecretKeyRef {
+    /// The environment variable that carries this key in the runtime pod.
+    /// Both the operator (which sets it) and the runtime (which reads it)
+    /// use this one function, so the two cannot drift apart.
+    pub fn env_var(&self) -> String {
+        let norm = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        };
+        format!("RUNNEL_SECRET_{}_{}", norm(&self.name), norm(&self.key))
+    }
+}
+
+impl KafkaCredentialsSpec {
+    /// The Secret keys these credentials name.
+    pub fn secret_refs(&self) -> impl Iterator<Item = &SecretKeyRef> {
+        [&self.username, &self.password, &self.ca_certificate]
+            .into_iter()
+            .flatten()
+    }
+}
+
+impl JobSpec {
+    /// Every Secret key the job's connectors name (the operator mounts them).
+    pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
+        let sources = self
+            .sources
+            .iter()
+            .filter_map(|s| s.kafka.as_ref()?.credentials.as_ref());
+        let sinks = self
+            .sinks
+            .iter()
+            .filter_map(|s| s.kafka.as_ref()?.credentials.as_ref());
+        let mut v: Vec<&SecretKeyRef> =
+            sources.chain(sinks).flat_map(|c| c.secret_refs()).collect();
+        v.sort_by(|a, b| (&a.name, &a.key).cmp(&(&b.name, &b.key)));
+        v.dedup();
+        v
+    }
+}
+
 // ---- steps -------------------------------------------------------------------
 
 /// One step. Set exactly one of `filter`, `map`, `keyBy`, `flatMap`, `window`,

@@ -4,6 +4,7 @@
 pub mod format;
 pub mod redistribute;
 pub mod retention;
+pub mod summary;
 pub(crate) mod trigger;
 
 use std::collections::HashMap;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Args;
 use runnel_runtime::checkpoint::format::SnapshotMetadata;
+use runnel_runtime::checkpoint::summary::{SnapshotSummary, summarize};
 use runnel_runtime::checkpoint::{self, format::METADATA_FILE};
 
 use super::{file_uri, human_bytes};
@@ -69,11 +70,18 @@ fn resolve(arg: &str) -> anyhow::Result<String> {
 pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     let uri = resolve(&args.path)?;
     let md = checkpoint::read_metadata(&uri).with_context(|| format!("cannot read {uri}"))?;
-    let verified = checkpoint::load_snapshot(&uri).map(|_| ());
+    let loaded = checkpoint::load_snapshot(&uri);
+    let summary = loaded.as_ref().ok().map(summarize);
+    let verified = loaded.map(|_| ());
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&md)?);
+        // The metadata as written, plus what only the state files tell.
+        let mut v = serde_json::to_value(&md)?;
+        if let (Some(obj), Some(sum)) = (v.as_object_mut(), &summary) {
+            obj.insert("summary".into(), serde_json::to_value(sum)?);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        print_human(&uri, &md);
+        print_human(&uri, &md, summary.as_ref());
         match &verified {
             Ok(()) => {
                 let files: usize = md.operators.iter().map(|o| o.subtasks.len()).sum();
@@ -88,7 +96,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_human(uri: &str, md: &SnapshotMetadata) {
+fn print_human(uri: &str, md: &SnapshotMetadata, summary: Option<&SnapshotSummary>) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -128,7 +136,46 @@ fn print_human(uri: &str, md: &SnapshotMetadata) {
                     t.ttl_ms, t.update_type, t.visibility
                 ),
             };
-            println!("  keyed state:   '{}' ({}, {ttl})", ks.name, ks.kind);
+            let size = summary
+                .and_then(|s| s.state_sizes.get(&op.uid))
+                .and_then(|o| o.keyed.get(&ks.name))
+                .map(|z| format!(", {} entries, {}", z.entries, human_bytes(z.bytes)))
+                .unwrap_or_default();
+            println!("  keyed state:   '{}' ({}, {ttl}{size})", ks.name, ks.kind);
+        }
+        if let Some(o) = summary.and_then(|s| s.state_sizes.get(&op.uid)) {
+            for (name, z) in &o.operator {
+                println!(
+                    "  operator state: '{name}' ({} items, {})",
+                    z.entries,
+                    human_bytes(z.bytes)
+                );
+            }
+            if o.timers > 0 {
+                println!("  timers:        {}", o.timers);
+            }
+        }
+        if let Some(s) = summary {
+            let offsets: Vec<String> = s
+                .kafka_offsets
+                .iter()
+                .filter(|k| k.operator == op.uid)
+                .map(|k| format!("{}-{}: {}", k.topic, k.partition, k.offset))
+                .collect();
+            if !offsets.is_empty() {
+                println!("  kafka offsets: {{{}}} (next to read)", offsets.join(", "));
+            }
+            for p in s
+                .kafka_pending_output
+                .iter()
+                .filter(|p| p.operator == op.uid)
+            {
+                println!(
+                    "  kafka output:  subtask {} holds {} uncommitted epoch(s), {} records \
+                     (committed on restore)",
+                    p.subtask, p.epochs, p.records
+                );
+            }
         }
         for s in &op.subtasks {
             let kg = s

@@ -51,7 +51,10 @@ pub struct RunArgs {
 
 /// The connectors compiled into this binary.
 pub fn registry() -> ConnectorRegistry {
-    ConnectorRegistry::new()
+    let r = ConnectorRegistry::new();
+    #[cfg(feature = "kafka")]
+    let r = r.with_kafka(runnel_runtime::kafka::DeclarativeKafka);
+    r
 }
 
 pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {

@@ -155,67 +155,74 @@ impl Builder<'_> {
     }
 
     fn config(&self) -> JobConfig {
-        let s = self.spec;
-        let mut c = JobConfig::new(&s.name);
-        if let Some(p) = s.parallelism {
-            c.parallelism = p;
-        }
-        if let Some(m) = s.max_parallelism {
-            c.max_parallelism = m;
-        }
-        if let Some(w) = &s.watermark_interval {
-            c.watermark_interval_ms = ms(w);
-        }
-        if let Some(k) = &s.checkpoint {
-            let d = CheckpointConfig::default();
-            c.checkpoint = CheckpointConfig {
-                interval_ms: Some(ms(&k.interval)),
-                storage: Some(k.storage.clone()),
-                mode: match k.mode {
-                    CheckpointModeSpec::ExactlyOnce => CheckpointMode::ExactlyOnce,
-                    CheckpointModeSpec::AtLeastOnce => CheckpointMode::AtLeastOnce,
-                },
-                unaligned: k.unaligned,
-                timeout_ms: k.timeout.as_ref().map(ms).unwrap_or(d.timeout_ms),
-                min_pause_ms: k.min_pause.as_ref().map(ms).unwrap_or(d.min_pause_ms),
-                retained: k.retained.unwrap_or(d.retained),
-                tolerable_failures: k.tolerable_failures.unwrap_or(d.tolerable_failures),
-                ..d
-            };
-        }
-        if let Some(r) = &s.restart {
-            let delay = r.delay.as_ref().map(ms).unwrap_or(1000);
-            c.restart = match r.kind {
-                RestartKind::None => RestartStrategy::None,
-                RestartKind::FixedDelay => RestartStrategy::FixedDelay {
-                    attempts: r.attempts.unwrap_or(3),
-                    delay_ms: delay,
-                },
-                RestartKind::ExponentialBackoff => {
-                    let max = r
-                        .max_delay
-                        .as_ref()
-                        .map(ms)
-                        .unwrap_or(60_000)
-                        .max(delay.max(1));
-                    RestartStrategy::ExponentialBackoff {
-                        initial_ms: delay.max(1),
-                        max_ms: max,
-                        multiplier: 2.0,
-                        reset_after_ms: max * 2,
-                        max_attempts: None,
-                    }
-                }
-                RestartKind::FailureRate => RestartStrategy::FailureRate {
-                    max_failures_per_interval: r.max_failures.unwrap_or(1),
-                    interval_ms: r.interval.as_ref().map(ms).unwrap_or(60_000),
-                    delay_ms: delay,
-                },
-            };
-        }
-        c
+        job_config(self.spec)
     }
+}
 
+/// The engine configuration a spec describes (connectors check their own
+/// settings against it, e.g. a transaction timeout against the interval).
+pub(crate) fn job_config(s: &JobSpec) -> JobConfig {
+    let mut c = JobConfig::new(&s.name);
+    if let Some(p) = s.parallelism {
+        c.parallelism = p;
+    }
+    if let Some(m) = s.max_parallelism {
+        c.max_parallelism = m;
+    }
+    if let Some(w) = &s.watermark_interval {
+        c.watermark_interval_ms = ms(w);
+    }
+    if let Some(k) = &s.checkpoint {
+        let d = CheckpointConfig::default();
+        c.checkpoint = CheckpointConfig {
+            interval_ms: Some(ms(&k.interval)),
+            storage: Some(k.storage.clone()),
+            mode: match k.mode {
+                CheckpointModeSpec::ExactlyOnce => CheckpointMode::ExactlyOnce,
+                CheckpointModeSpec::AtLeastOnce => CheckpointMode::AtLeastOnce,
+            },
+            unaligned: k.unaligned,
+            timeout_ms: k.timeout.as_ref().map(ms).unwrap_or(d.timeout_ms),
+            min_pause_ms: k.min_pause.as_ref().map(ms).unwrap_or(d.min_pause_ms),
+            retained: k.retained.unwrap_or(d.retained),
+            tolerable_failures: k.tolerable_failures.unwrap_or(d.tolerable_failures),
+            ..d
+        };
+    }
+    if let Some(r) = &s.restart {
+        let delay = r.delay.as_ref().map(ms).unwrap_or(1000);
+        c.restart = match r.kind {
+            RestartKind::None => RestartStrategy::None,
+            RestartKind::FixedDelay => RestartStrategy::FixedDelay {
+                attempts: r.attempts.unwrap_or(3),
+                delay_ms: delay,
+            },
+            RestartKind::ExponentialBackoff => {
+                let max = r
+                    .max_delay
+                    .as_ref()
+                    .map(ms)
+                    .unwrap_or(60_000)
+                    .max(delay.max(1));
+                RestartStrategy::ExponentialBackoff {
+                    initial_ms: delay.max(1),
+                    max_ms: max,
+                    multiplier: 2.0,
+                    reset_after_ms: max * 2,
+                    max_attempts: None,
+                }
+            }
+            RestartKind::FailureRate => RestartStrategy::FailureRate {
+                max_failures_per_interval: r.max_failures.unwrap_or(1),
+                interval_ms: r.interval.as_ref().map(ms).unwrap_or(60_000),
+                delay_ms: delay,
+            },
+        };
+    }
+    c
+}
+
+impl Builder<'_> {
     fn compile(&mut self, p: &Path, src: &str, known: &Known) -> Option<Expr> {
         match Expr::compile(src) {
             Ok(e) => {

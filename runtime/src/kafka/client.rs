@@ -3,14 +3,15 @@
 //! broker's transaction limit. The engine calls sources and sinks on their own
 //! subtask threads (not an async executor), so blocking here is fine.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
-use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::assign::Start;
 use super::config::{OffsetReset, TopicPartition, TopicSelector};
@@ -36,15 +37,67 @@ pub(crate) fn base_config(
     c
 }
 
+/// Remembers each partition's end as librdkafka's statistics report it (the
+/// last stable offset, which is what a `read_committed` reader can reach),
+/// for the lag gauges. The statistics come from librdkafka's own fetch state,
+/// so lag costs no extra broker request; they are delivered inside `poll` on
+/// the source's thread.
+#[derive(Default)]
+pub(crate) struct EndOffsets {
+    ends: Mutex<HashMap<(String, i32), i64>>,
+}
+
+impl EndOffsets {
+    /// The last reported end of a partition, if librdkafka knows one yet.
+    pub(crate) fn end(&self, topic: &str, partition: i32) -> Option<i64> {
+        let g = match self.ends.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        g.get(&(topic.to_string(), partition)).copied()
+    }
+}
+
+impl ClientContext for EndOffsets {
+    fn stats(&self, s: Statistics) {
+        let mut g = match self.ends.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        for (topic, t) in s.topics {
+            for (id, p) in t.partitions {
+                // -1 is librdkafka's "internal UA partition" and "unknown".
+                let end = if p.ls_offset >= 0 {
+                    p.ls_offset
+                } else {
+                    p.hi_offset
+                };
+                if id >= 0 && end >= 0 {
+                    g.insert((topic.clone(), id), end);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for EndOffsets {}
+
+/// The source's consumer.
+pub(crate) type SourceConsumer = BaseConsumer<EndOffsets>;
+
 /// A consumer that is only assigned partitions (no group membership, no
 /// automatic commits or offset storing: the job's position lives in its
-/// checkpoints).
+/// checkpoints). It emits statistics every second for the lag gauges.
 pub(crate) fn assign_consumer(
     bootstrap: &str,
     group: Option<&str>,
     properties: &BTreeMap<String, String>,
-) -> Result<BaseConsumer, KafkaError> {
-    consumer_with(bootstrap, group, properties, "read_committed")
+) -> Result<SourceConsumer, KafkaError> {
+    let mut props = BTreeMap::from([("statistics.interval.ms".to_string(), "1000".to_string())]);
+    props.extend(properties.iter().map(|(k, v)| (k.clone(), v.clone())));
+    consumer_config(bootstrap, group, &props, "read_committed")
+        .create_with_context(EndOffsets::default())
+        .map_err(KafkaError::client("create consumer"))
 }
 
 /// A consumer for offset look-ups: `read_uncommitted`, so that "latest" and
@@ -64,6 +117,17 @@ fn consumer_with(
     properties: &BTreeMap<String, String>,
     isolation: &str,
 ) -> Result<BaseConsumer, KafkaError> {
+    consumer_config(bootstrap, group, properties, isolation)
+        .create()
+        .map_err(KafkaError::client("create consumer"))
+}
+
+fn consumer_config(
+    bootstrap: &str,
+    group: Option<&str>,
+    properties: &BTreeMap<String, String>,
+    isolation: &str,
+) -> ClientConfig {
     let mut c = base_config(
         bootstrap,
         properties,
@@ -76,12 +140,12 @@ fn consumer_with(
     );
     // librdkafka needs a group id for the commit API even when only assigning.
     c.set("group.id", group.unwrap_or("runnel-unused-group"));
-    c.create().map_err(KafkaError::client("create consumer"))
+    c
 }
 
 /// Topic partitions the selector matches now (internal topics excluded).
-pub(crate) fn list_partitions(
-    consumer: &BaseConsumer,
+pub(crate) fn list_partitions<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
     selector: &TopicSelector,
     timeout: Duration,
 ) -> Result<Vec<TopicPartition>, KafkaError> {

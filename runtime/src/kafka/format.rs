@@ -37,6 +37,10 @@ pub trait Deserializer<T>: Send + Sync + 'static {
 /// Turns a value into bytes for the sink (key or value).
 pub trait Serializer<T>: Send + Sync + 'static {
     fn serialize(&self, value: &T) -> Result<Vec<u8>, String>;
+    /// As a key: `None` writes the record without a key (Kafka's null key).
+    fn serialize_key(&self, value: &T) -> Result<Option<Vec<u8>>, String> {
+        self.serialize(value).map(Some)
+    }
 }
 
 fn payload<'a>(r: &RecordView<'a>) -> Result<&'a [u8], String> {

@@ -5,6 +5,7 @@
 mod assign;
 mod client;
 pub mod config;
+pub mod declarative;
 pub mod eos;
 pub mod error;
 pub mod format;
@@ -18,6 +19,7 @@ pub use config::{
     DeliveryGuarantee, DeserializationPolicy, KafkaSinkConfig, KafkaSourceConfig, OffsetCommit,
     OffsetReset, StartPosition, TopicPartition, TopicSelector,
 };
+pub use declarative::DeclarativeKafka;
 pub use error::KafkaError;
 pub use format::{Avro, Deserializer, FnSerializer, Json, Raw, RecordView, Serializer, Utf8};
 pub use sink::{KafkaSink, KafkaSinkMetrics, SinkFaultPoint};

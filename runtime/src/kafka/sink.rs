@@ -137,7 +137,7 @@ impl<T: 'static> KafkaSink<T> {
         };
         let v = self.value.serialize(value).map_err(enc)?;
         let k = match &self.key {
-            Some(k) => Some(ByteBuf::from(k.serialize(value).map_err(enc)?)),
+            Some(k) => k.serialize_key(value).map_err(enc)?.map(ByteBuf::from),
             None => None,
         };
         Ok(OutRecord {
@@ -519,7 +519,13 @@ impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
     }
 
     fn invoke(&mut self, value: T, ctx: &SinkContext) -> FnResult {
-        let r = self.encode(&value, ctx.timestamp).map_err(user)?;
+        // An unencodable record would fail again after every restart (it is
+        // replayed from the checkpoint): fail the job instead of looping.
+        let r = self.encode(&value, ctx.timestamp).map_err(|e| {
+            UserError::fatal(format!(
+                "{e} (the job stops instead of restarting into the same record)"
+            ))
+        })?;
         self.metrics.records.fetch_add(1, Ordering::Relaxed);
         match self.rt.as_mut() {
             None => Err(UserError::msg("Kafka sink invoked before initialize_state")),

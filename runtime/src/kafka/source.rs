@@ -7,14 +7,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::assign::{self, Start};
-use super::client::{self, LOOKUP_TIMEOUT};
+use super::client::{self, LOOKUP_TIMEOUT, SourceConsumer};
 use super::config::{
     DeserializationPolicy, KafkaSourceConfig, OffsetCommit, TopicPartition, resolve_offset_commit,
 };
@@ -27,11 +27,17 @@ use crate::error::{FnResult, UserError};
 use crate::functions::{
     CheckpointListener, InitContext, SnapshotContext, SourceFunction, SourceOutput, SourcePoll,
 };
+use crate::metrics::JobMetrics;
 use crate::state::operator::{OperatorListState, OperatorListStateDescriptor};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 
 /// Name of the union list state holding next-to-read offsets. The `v1` is the
 /// version of [`OffsetEntry`]'s encoding; a new encoding gets a new name.
 pub const OFFSETS_STATE: &str = "kafka-source-offsets-v1";
+
+/// How often the lag gauges are refreshed.
+const LAG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One partition's next-to-read offset, as checkpointed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,7 +113,7 @@ impl<T> Clone for KafkaSource<T> {
 }
 
 struct Runtime {
-    consumer: BaseConsumer,
+    consumer: SourceConsumer,
     subtask: u32,
     parallelism: u32,
     assigned: Vec<TopicPartition>,
@@ -124,6 +130,39 @@ struct Runtime {
     partitions_wm: PartitionWatermarks,
     started: Instant,
     headers_buf: Vec<(String, Option<Vec<u8>>)>,
+    job_metrics: JobSourceMetrics,
+}
+
+/// The job-wide Prometheus series this source feeds (`/metrics`), next to its
+/// own [`KafkaSourceMetrics`] counters that tests read directly.
+struct JobSourceMetrics {
+    metrics: Arc<JobMetrics>,
+    skipped: Counter,
+    dead_lettered: Counter,
+    lag: BTreeMap<TopicPartition, Gauge>,
+    last_lag: Instant,
+}
+
+impl JobSourceMetrics {
+    /// Lag = the partition's end (as librdkafka's statistics last reported
+    /// it; no extra request) minus the next offset to read. Updated at most
+    /// once a second, as often as the statistics arrive.
+    fn update_lag(&mut self, consumer: &SourceConsumer, next: &BTreeMap<TopicPartition, i64>) {
+        if self.last_lag.elapsed() < LAG_INTERVAL {
+            return;
+        }
+        self.last_lag = Instant::now();
+        for (tp, offset) in next {
+            let Some(high) = consumer.context().end(&tp.topic, tp.partition) else {
+                continue; // not reported yet
+            };
+            let g = self
+                .lag
+                .entry(tp.clone())
+                .or_insert_with(|| self.metrics.kafka_lag(&tp.topic, tp.partition));
+            g.set((high - offset).max(0));
+        }
+    }
 }
 
 impl<T: 'static> KafkaSource<T> {
@@ -252,6 +291,15 @@ impl<T: Send + 'static> KafkaSource<T> {
             partitions_wm,
             started: Instant::now(),
             headers_buf: Vec::new(),
+            job_metrics: JobSourceMetrics {
+                skipped: ctx.metrics().record_errors(ctx.operator_name(), "skipped"),
+                dead_lettered: ctx
+                    .metrics()
+                    .record_errors(ctx.operator_name(), "dead_lettered"),
+                metrics: ctx.metrics(),
+                lag: BTreeMap::new(),
+                last_lag: Instant::now() - LAG_INTERVAL,
+            },
         });
         Ok(())
     }
@@ -437,6 +485,7 @@ impl<T: crate::functions::Data> SourceFunction<T> for KafkaSource<T> {
                 Err(reason) => match &policy {
                     DeserializationPolicy::Skip => {
                         metrics.skipped.fetch_add(1, Ordering::Relaxed);
+                        rt.job_metrics.skipped.inc();
                         tracing::warn!(
                             topic = %tp.topic, partition = tp.partition, offset,
                             error = %reason,
@@ -471,6 +520,7 @@ impl<T: crate::functions::Data> SourceFunction<T> for KafkaSource<T> {
                             }
                             super::producer::send_blocking(producer, rec).map_err(user)?;
                             metrics.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                            rt.job_metrics.dead_lettered.inc();
                             tracing::warn!(
                                 topic = %tp.topic, partition = tp.partition, offset,
                                 error = %reason, dead_letter_topic = %dl_topic,
@@ -489,6 +539,7 @@ impl<T: crate::functions::Data> SourceFunction<T> for KafkaSource<T> {
             }
             rt.next.insert(tp, offset + 1);
         }
+        rt.job_metrics.update_lag(&rt.consumer, &rt.next);
         if let Some(w) = &wm
             && let Some(v) = rt.partitions_wm.current(w.bound_ms, w.idleness_ms, now_ms)
         {
