@@ -88,6 +88,12 @@ exactly the calls in operator/src/{controller,kubeio}.rs.
 - apiGroups: ["runnel.dev"]
   resources: ["streamjobs/status"]
   verbs: ["patch"]
+# Owned objects carry blockOwnerDeletion: true; where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift, some
+# hardened clusters), setting it needs update on the owner's finalizers.
+- apiGroups: ["runnel.dev"]
+  resources: ["streamjobs/finalizers"]
+  verbs: ["update"]
 # One bare runtime pod per deployment: watched (owned), listed by label,
 # created and deleted.
 - apiGroups: [""]
