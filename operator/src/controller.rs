@@ -16,6 +16,7 @@ use tracing::{Instrument, info, warn};
 
 use crate::control::ControlClient;
 use crate::crd::{FINALIZER, SAVEPOINT_ANNOTATION, StreamJob, StreamJobStatus};
+use crate::defaults::RuntimeDefaults;
 use crate::kubeio::{KubeError, KubeIo, ListedPod};
 use crate::machine::{self, Action, Input, RuntimeObs, TriggerObs, World};
 use crate::metrics::{Metrics, ResultLabel, SavepointLabel};
@@ -40,6 +41,8 @@ pub struct Context {
     pub control_timeout: Duration,
     /// Port of the runtime pods' control API.
     pub control_port: u16,
+    /// Installation-wide runtime defaults (image, S3 Secret, env).
+    pub defaults: RuntimeDefaults,
 }
 
 impl Context {
@@ -58,6 +61,7 @@ impl Context {
             dispose_command: vec!["runnel".into(), "savepoint".into(), "dispose".into()],
             control_timeout: Duration::from_secs(5),
             control_port: CONTROL_PORT as u16,
+            defaults: RuntimeDefaults::default(),
         }
     }
 }
@@ -165,7 +169,9 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
             namespace: namespace.clone(),
             uid,
         },
-    );
+    )
+    .with_defaults(ctx.defaults.clone());
+    let spec = ctx.defaults.resolve(&obj.spec);
     let status = obj.status.clone().unwrap_or_default();
     let pods = io.list_pods().await?;
     let disposals = io.list_disposals().await?;
@@ -180,7 +186,7 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
     let decision = machine::decide(&Input {
         key: &key,
         generation: obj.metadata.generation.unwrap_or(0),
-        spec: &obj.spec,
+        spec: &spec,
         savepoint_annotation: obj
             .annotations()
             .get(SAVEPOINT_ANNOTATION)
@@ -273,8 +279,7 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
             }
             Action::RemoveSavepointAnnotation => io.remove_savepoint_annotation().await?,
             Action::Dispose { path } => {
-                io.start_disposal(&obj.spec, path, &ctx.dispose_command)
-                    .await?
+                io.start_disposal(&spec, path, &ctx.dispose_command).await?
             }
             Action::ForgetDisposal { path } => io.forget_disposal(path).await?,
             Action::AddFinalizer => {

@@ -43,7 +43,10 @@ pub const FINALIZER: &str = "runnel.dev/final-savepoint";
     }
 ]))]
 pub struct StreamJobSpec {
-    /// Runtime image (contains the `runnel` binary).
+    /// Runtime image (contains the `runnel` binary). Empty or unset: the
+    /// operator's default (`--default-runtime-image`, the chart's
+    /// `runtime.image`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub image: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<String>,

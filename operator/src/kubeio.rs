@@ -11,6 +11,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::crd::{Restore, StreamJob, StreamJobSpec, StreamJobStatus};
+use crate::defaults::RuntimeDefaults;
 use crate::machine::{DisposalObs, DisposalState, PodObs, PodPhase};
 use crate::render::{self, Owner};
 
@@ -50,11 +51,23 @@ pub struct ListedPod {
 pub struct KubeIo {
     client: Client,
     owner: Owner,
+    defaults: RuntimeDefaults,
 }
 
 impl KubeIo {
     pub fn new(client: Client, owner: Owner) -> KubeIo {
-        KubeIo { client, owner }
+        KubeIo {
+            client,
+            owner,
+            defaults: RuntimeDefaults::default(),
+        }
+    }
+
+    /// Adds the installation's default environment to the runtime and
+    /// disposal containers it creates.
+    pub fn with_defaults(mut self, defaults: RuntimeDefaults) -> KubeIo {
+        self.defaults = defaults;
+        self
     }
 
     fn api<K>(&self) -> Api<K>
@@ -163,7 +176,13 @@ impl KubeIo {
             )
             .await
             .map_err(api_err("apply the control Service"))?;
-        let pod = render::pod(&self.owner, deploy_id, spec_generation, spec, restore);
+        let mut pod = render::pod(&self.owner, deploy_id, spec_generation, spec, restore);
+        if let Some(ps) = pod.spec.as_mut() {
+            ps.containers
+                .iter_mut()
+                .filter(|c| c.name == "runtime")
+                .for_each(|c| self.defaults.apply_env(c));
+        }
         self.create_tolerant(&pod, "create the runtime pod").await
     }
 
@@ -246,7 +265,12 @@ impl KubeIo {
         path: &str,
         command: &[String],
     ) -> Result<(), KubeError> {
-        let job = render::dispose_job(&self.owner, spec, path, command);
+        let mut job = render::dispose_job(&self.owner, spec, path, command);
+        if let Some(ps) = job.spec.as_mut().and_then(|j| j.template.spec.as_mut()) {
+            ps.containers
+                .iter_mut()
+                .for_each(|c| self.defaults.apply_env(c));
+        }
         self.create_tolerant(&job, "create a savepoint disposal Job")
             .await
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`crd`]: the resource types (and the CRD YAML generated from them);
 //! - [`machine`]: the pure reconcile decision (write-ahead status + actions);
+//! - [`defaults`]: installation-wide runtime defaults (image, S3 Secret, env);
 //! - [`control`]: the runtime control-API client;
 //! - [`kubeio`]: the Kubernetes objects and calls;
 //! - [`controller`]: observe → decide → write status → act;
@@ -10,6 +11,7 @@
 pub mod control;
 pub mod controller;
 pub mod crd;
+pub mod defaults;
 pub mod kubeio;
 pub mod machine;
 pub mod metrics;

@@ -163,7 +163,10 @@ pub fn deployed_view(spec: &StreamJobSpec) -> serde_json::Value {
 /// Validates `spec.job` the way the runtime will read it.
 pub fn validate(spec: &StreamJobSpec) -> Result<(), String> {
     if spec.image.trim().is_empty() {
-        return Err("spec.image: must not be empty".into());
+        return Err(
+            "spec.image: must not be empty (set it, or start the operator with --default-runtime-image)"
+                .into(),
+        );
     }
     if spec.parallelism == Some(0) {
         return Err("spec.parallelism: must be at least 1".into());

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use k8s_openapi::api::core::v1::EnvVar;
 use runnel_operator::controller::{self, Context};
+use runnel_operator::defaults::{RuntimeDefaults, parse_env};
 use runnel_operator::metrics::Metrics;
 use tracing::{error, info};
 
@@ -26,7 +28,7 @@ enum Cmd {
     /// Print the StreamJob CustomResourceDefinition (YAML).
     Crd,
     /// Run the controller (in-cluster config or the local kubeconfig).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -57,6 +59,18 @@ struct RunArgs {
     /// Command run in the runtime image to delete a savepoint (path appended).
     #[arg(long, num_args = 1.., default_values = ["runnel", "savepoint", "dispose"])]
     dispose_command: Vec<String>,
+    /// Image for StreamJobs that leave `spec.image` empty or unset.
+    #[arg(long, value_name = "IMAGE")]
+    default_runtime_image: Option<String>,
+    /// `s3CredentialsSecret` for StreamJobs that set none (the Secret must
+    /// exist in the StreamJob's namespace).
+    #[arg(long, value_name = "SECRET")]
+    default_s3_credentials_secret: Option<String>,
+    /// Environment for every runtime pod and disposal Job, e.g. the S3
+    /// endpoint, region and path style (repeatable; a variable the
+    /// StreamJob's podTemplate sets wins).
+    #[arg(long = "runtime-env", value_name = "NAME=VALUE", value_parser = parse_env)]
+    runtime_env: Vec<EnvVar>,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -71,7 +85,7 @@ fn main() -> anyhow::Result<ExitCode> {
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
-            rt.block_on(run(a))
+            rt.block_on(run(*a))
         }
     }
 }
@@ -113,6 +127,11 @@ async fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     let instance = std::env::var("POD_NAME").unwrap_or_else(|_| "runnel-operator".into());
     let mut ctx = Context::new(client.clone(), metrics.clone(), instance.clone());
     ctx.dispose_command = a.dispose_command.clone();
+    ctx.defaults = RuntimeDefaults {
+        image: a.default_runtime_image.clone(),
+        s3_credentials_secret: a.default_s3_credentials_secret.clone(),
+        env: a.runtime_env.clone(),
+    };
     let ctx = Arc::new(ctx);
     let metrics_task = tokio::spawn(serve_metrics(a.metrics_addr, metrics));
 

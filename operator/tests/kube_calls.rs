@@ -321,3 +321,66 @@ async fn api_errors_other_than_conflict_are_reported() {
     assert!(e.to_string().contains("forbidden"), "{e}");
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn runtime_defaults_reach_the_pod_and_the_disposal_job_but_never_override_the_template() {
+    use runnel_operator::defaults::{RuntimeDefaults, parse_env};
+    let (io, mut h) = io();
+    let defaults = RuntimeDefaults {
+        image: Some("runnel:default".into()),
+        s3_credentials_secret: Some("runnel-s3".into()),
+        env: vec![
+            parse_env("AWS_ENDPOINT_URL_S3=http://s3:5000").unwrap(),
+            parse_env("AWS_REGION=us-east-1").unwrap(),
+        ],
+    };
+    let io = io.with_defaults(defaults.clone());
+    // A spec without image or S3 Secret whose template sets AWS_REGION itself.
+    let own: StreamJobSpec = serde_json::from_value(json!({
+        "job": { "version": 1, "name": "j", "sources": [], "sinks": [] },
+        "savepoints": { "directory": "s3://b/sp" },
+        "podTemplate": { "spec": { "containers": [
+            { "name": "runtime", "env": [{ "name": "AWS_REGION", "value": "eu-west-1" }] }
+        ] } }
+    }))
+    .unwrap();
+    let spec = defaults.resolve(&own).into_owned();
+    let server = tokio::spawn(async move {
+        let (_, send) = expect(&mut h, Method::POST, "/api/v1/namespaces/ns/configmaps?").await;
+        reply(send, StatusCode::CONFLICT, conflict());
+        let (svc, send) = expect(
+            &mut h,
+            Method::PATCH,
+            "/api/v1/namespaces/ns/services/demo-control?&force=true&fieldManager=runnel-operator",
+        )
+        .await;
+        reply(send, StatusCode::OK, svc);
+        let (pod, send) = expect(&mut h, Method::POST, "/api/v1/namespaces/ns/pods?").await;
+        let c = &pod["spec"]["containers"][0];
+        assert_eq!(c["image"], "runnel:default");
+        assert_eq!(c["envFrom"][0]["secretRef"]["name"], "runnel-s3");
+        assert_eq!(
+            c["env"],
+            json!([
+                { "name": "AWS_REGION", "value": "eu-west-1" },
+                { "name": "AWS_ENDPOINT_URL_S3", "value": "http://s3:5000" }
+            ])
+        );
+        reply(send, StatusCode::CREATED, pod.clone());
+        let (job, send) = expect(&mut h, Method::POST, "/apis/batch/v1/namespaces/ns/jobs?").await;
+        let c = &job["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "runnel:default");
+        assert_eq!(
+            c["env"],
+            json!([
+                { "name": "AWS_ENDPOINT_URL_S3", "value": "http://s3:5000" },
+                { "name": "AWS_REGION", "value": "us-east-1" }
+            ])
+        );
+        reply(send, StatusCode::CREATED, job.clone());
+    });
+    io.deploy(1, 1, &spec, &Restore::Empty).await.unwrap();
+    let cmd = vec!["runnel".to_string(), "savepoint".into(), "dispose".into()];
+    io.start_disposal(&spec, "s3://b/sp/1", &cmd).await.unwrap();
+    server.await.unwrap();
+}
