@@ -306,14 +306,22 @@ fn visible_markers(
     )
     .create()
     .map_err(KafkaError::client("create recovery consumer"))?;
+    // The target is the log end (read_uncommitted), asked now that every id
+    // this subtask owns is ended: every record of our epochs is below it.
+    // Not the read_committed end (the last stable offset): another subtask's
+    // dead transaction, not yet ended by its new owner, holds the LSO below
+    // our records, and stopping there misses records that are visible (or
+    // about to be) — the cause of the duplicates the chaos test found. The
+    // read_committed reader below waits at the LSO until that owner ends it.
+    // (nisshi 0.7.0 also answers a read_committed end query with 0 while a
+    // transaction is open.)
+    let lookup = client::lookup_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
     let mut targets: BTreeMap<i32, i64> = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
     for (p, o) in &starts {
-        let (low, high) = consumer
+        let (low, high) = lookup
             .fetch_watermarks(&cfg.topic, *p, LOOKUP_TIMEOUT)
             .map_err(KafkaError::client("recovery end offsets"))?;
-        // Every partition is read to its end even when the reported end
-        // equals the start: nisshi's end offset can lag the log (see below).
         targets.insert(*p, high);
         tpl.add_partition_offset(&cfg.topic, *p, Offset::Offset((*o).max(low)))
             .map_err(KafkaError::client("recovery assignment"))?;
@@ -330,10 +338,12 @@ fn visible_markers(
     // transaction timeout.
     let deadline = Instant::now() + cfg.transaction_timeout + Duration::from_secs(30);
     // Done when every partition reported end-of-partition at or past its
-    // target. The target alone is not enough: nisshi 0.7.0 reports the base
-    // offset of the last batch as the end offset, so records past the target
-    // may exist; end-of-partition comes from the fetch itself.
+    // target. The target alone is not enough: the reported end may be the
+    // base offset of the last batch (nisshi 0.7.0 for plain batches), so
+    // records past it may exist; end-of-partition comes from the fetch, after
+    // the whole batch.
     let mut at_eof: BTreeMap<i32, bool> = BTreeMap::new();
+    let mut last_progress = Instant::now();
     loop {
         if Instant::now() > deadline {
             return Err(KafkaError::Timeout {
@@ -367,6 +377,26 @@ fn visible_markers(
         let pos = consumer
             .position()
             .map_err(KafkaError::client("recovery position"))?;
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            let at: Vec<String> = targets
+                .iter()
+                .map(|(p, t)| {
+                    let o = match pos.find_partition(&cfg.topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o.to_string(),
+                        _ => "-".into(),
+                    };
+                    format!("{p}: {o} of {t}")
+                })
+                .collect();
+            // A read_committed reader waits at the first open transaction: a
+            // long wait here means some transactional id is not ended yet.
+            tracing::info!(
+                topic = %cfg.topic,
+                "exactly-once recovery read-back still waiting: {{{}}}",
+                at.join(", ")
+            );
+        }
         let done = targets.iter().all(|(p, target)| {
             let start = starts.get(p).copied().unwrap_or(0);
             at_eof.get(p).copied().unwrap_or(false)
@@ -377,6 +407,26 @@ fn visible_markers(
                 }
         });
         if done {
+            let ranges: Vec<String> = targets
+                .iter()
+                .map(|(p, t)| {
+                    let at = match pos.find_partition(&cfg.topic, *p).map(|e| e.offset()) {
+                        Some(Offset::Offset(o)) => o.to_string(),
+                        _ => "-".into(),
+                    };
+                    format!(
+                        "{p}: {}..{at} (end {t})",
+                        starts.get(p).copied().unwrap_or(0)
+                    )
+                })
+                .collect();
+            tracing::info!(
+                topic = %cfg.topic,
+                "exactly-once recovery read-back: {{{}}}; {} markers of {} epoch(s) visible",
+                ranges.join(", "),
+                seen.len(),
+                uids.len()
+            );
             return Ok(seen);
         }
     }
