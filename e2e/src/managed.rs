@@ -284,7 +284,12 @@ pub fn apply(
     let mut conflicts = vec![];
     if let Some(live) = live {
         for p in &applied_set {
-            if get(live, p).is_none_or(|v| Some(v) == get(applied, p)) {
+            // Owning an (empty) map means owning its existence, which never
+            // conflicts with the owners of its entries.
+            let value = get(applied, p);
+            if get(live, p).is_none_or(|v| Some(v) == value)
+                || value.is_some_and(|v| v.as_object().is_some_and(|m| m.is_empty()))
+            {
                 continue;
             }
             for e in entries

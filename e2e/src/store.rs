@@ -64,6 +64,10 @@ pub enum WatchFrom {
     After(u64),
 }
 
+/// A watch's start: the replayed changes, the live receiver, and the
+/// resourceVersion they join at.
+pub type Subscription = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
+
 /// Options of a write, from the query string.
 #[derive(Clone, Debug)]
 pub struct WriteOpts {
@@ -240,7 +244,7 @@ impl Store {
         &self,
         storage: &str,
         from: WatchFrom,
-    ) -> ApiResult<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64)> {
+    ) -> ApiResult<Subscription> {
         let g = lock(&self.inner);
         let rx = g.tx.subscribe();
         let replay = match from {
