@@ -240,11 +240,7 @@ impl Store {
 
     /// Subscribes to the changes of `storage` from `from`; the replayed part
     /// and the live receiver join without gap or overlap.
-    pub fn watch(
-        &self,
-        storage: &str,
-        from: WatchFrom,
-    ) -> ApiResult<Subscription> {
+    pub fn watch(&self, storage: &str, from: WatchFrom) -> ApiResult<Subscription> {
         let g = lock(&self.inner);
         let rx = g.tx.subscribe();
         let replay = match from {
