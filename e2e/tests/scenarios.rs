@@ -178,7 +178,12 @@ fn suspend_then_resume_from_the_suspend_savepoint() {
     st.deploy("walk");
     let s = st.suspend("walk");
     let h = history(&s);
-    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!(
+        h.len(),
+        1,
+        "{}",
+        serde_json::to_string_pretty(&s["status"]).unwrap()
+    );
     assert_eq!(h[0]["trigger"], "suspend");
     assert_eq!(s["status"]["resumeRestore"]["kind"], "savepoint");
     assert_eq!(s["status"]["resumeRestore"]["path"], h[0]["path"]);
@@ -248,7 +253,11 @@ fn a_killed_runtime_recovers_from_its_last_state() {
         .find(|c| c["type"] == "Degraded")
         .cloned()
         .unwrap_or_default();
-    assert_eq!(degraded["reason"], "Restarted", "{degraded}");
+    // Degraded=True (Restarted) while redeploying, back to False (Recovered) once running.
+    assert!(
+        degraded["reason"] == "Restarted" || degraded["reason"] == "Recovered",
+        "{degraded}"
+    );
     if st.local {
         let old = st.get(&["pod", "walk-1"]);
         assert!(old.is_none(), "the failed pod was deleted: {old:?}");
@@ -345,7 +354,7 @@ fn invalid_specs_are_rejected_with_a_clear_message() {
         "{err}"
     );
     // The job spec itself (the operator validates it): status.error, an Event, no pod.
-    let o = st.apply(&st.streamjob("badjob", r#"{ "n": "n >" }"#, ""));
+    let o = st.apply(&st.streamjob("badjob", "42", ""));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = st.wait_sj("badjob", "status.error", 60, |s| {
         s["status"]["error"].is_string()
@@ -393,16 +402,22 @@ fn deleting_the_streamjob_removes_its_pods_and_keeps_its_savepoints() {
     );
     assert!(st.get(&["sj", "walk"]).is_none());
     if st.local {
-        // The runtime process is gone too.
-        let alive = std::fs::read_dir("/proc")
+        // The runtime process is gone too (the pod object goes only after it).
+        let pods_dir = st.path().join("state/pods").display().to_string();
+        let alive: Vec<String> = std::fs::read_dir("/proc")
             .unwrap()
             .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-            .any(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
-                    String::from_utf8_lossy(&c).contains(&st.path().display().to_string())
-                })
-            });
-        assert!(!alive, "a runtime process outlived its pod");
+            .filter_map(|pid| {
+                let c =
+                    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
+                        .replace('\0', " ");
+                c.contains(&pods_dir).then(|| format!("{pid}: {c}"))
+            })
+            .collect();
+        assert!(
+            alive.is_empty(),
+            "runtime processes outlived their pod: {alive:?}"
+        );
     }
     if let Some(keys) = st.s3_keys("e2e-delete/walk/savepoints/") {
         let dir = path

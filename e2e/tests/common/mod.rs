@@ -516,8 +516,12 @@ spec:
             "-p",
             r#"{"spec":{"state":"suspended"}}"#,
         ]);
+        // Suspended is shown as soon as the flow starts; it is done when no
+        // operation and no deployment are left.
         let s = self.wait_sj(name, "Suspended", 120, |s| {
             s["status"]["lifecycleState"] == "Suspended"
+                && s["status"]["operation"].is_null()
+                && s["status"]["deployment"].is_null()
         });
         self.wait_for("the pods to be gone after suspend", 60, || {
             self.pods(name).is_empty().then_some(())
