@@ -198,11 +198,18 @@ fn suspend_then_resume_from_the_suspend_savepoint() {
         "-p",
         r#"{"spec":{"state":"running"}}"#,
     ]);
-    let s = st.wait_sj("walk", "the resumed job running", 120, |s| {
-        s["status"]["lifecycleState"] == "Running"
-            && s["status"]["jobState"] == "RUNNING"
-            && deploy_id(s) == 2
-    });
+    let sp = h[0]["path"].clone();
+    let s = st.wait_sj(
+        "walk",
+        "the resumed job running from the suspend savepoint",
+        120,
+        |s| {
+            s["status"]["lifecycleState"] == "Running"
+                && s["status"]["jobState"] == "RUNNING"
+                && s["status"]["operation"].is_null()
+                && s["status"]["deployment"]["restore"]["path"] == sp
+        },
+    );
     assert_eq!(s["status"]["deployment"]["restore"]["kind"], "savepoint");
     assert_eq!(s["status"]["deployment"]["restore"]["path"], h[0]["path"]);
     let pods = st.pods("walk");
