@@ -131,7 +131,7 @@ spec:
         file: { path: "$WORK/out" }
 EOF
 }
-sj() { kubectl -n "$NS" get sj walkthrough -o jsonpath="$1"; }
+sj() { kubectl -n "$NS" get sj walkthrough -o jsonpath="$1" 2>/dev/null || true; }
 wait_until() { # $1: description, $2: seconds, rest: a command that succeeds when done
   local what=$1 secs=$2; shift 2
   local end=$((SECONDS + secs))
