@@ -488,6 +488,16 @@ fn fresh_restore(spec: &StreamJobSpec) -> Restore {
         .unwrap_or(Restore::Empty)
 }
 
+/// `<directory>/<key>-<seq>`; the directory's query (`?endpoint=...` of an
+/// S3 URI) stays at the end, where the runtime's URI parser expects it.
+fn savepoint_target(dir: &str, key: &str, seq: u64) -> String {
+    let (path, query) = match dir.split_once('?') {
+        Some((p, q)) => (p, format!("?{q}")),
+        None => (dir, String::new()),
+    };
+    format!("{}/{key}-{seq}{query}", path.trim_end_matches('/'))
+}
+
 fn begin_savepoint(c: &mut Ctx<'_>, trigger: SavepointTrigger, stop: bool) -> bool {
     let (Some(dir), Some(deploy_id)) = (
         c.input.spec.savepoints.directory.clone(),
@@ -496,12 +506,7 @@ fn begin_savepoint(c: &mut Ctx<'_>, trigger: SavepointTrigger, stop: bool) -> bo
         return false;
     };
     c.st.savepoint_seq += 1;
-    let target = format!(
-        "{}/{}-{}",
-        dir.trim_end_matches('/'),
-        c.input.key,
-        c.st.savepoint_seq
-    );
+    let target = savepoint_target(&dir, c.input.key, c.st.savepoint_seq);
     c.st.savepoint_in_progress = Some(SavepointInProgress {
         trigger,
         target_directory: target.clone(),
@@ -1142,5 +1147,17 @@ fn finish(c: &mut Ctx<'_>) {
             .any(|x| x.type_ == "Degraded" && x.status == "True")
     {
         set_condition(&mut c.st, "Degraded", "False", "Recovered", "", now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn savepoint_targets_keep_the_uri_query_last() {
+        assert_eq!(super::savepoint_target("s3://b/sp/", "ns-a", 3), "s3://b/sp/ns-a-3");
+        assert_eq!(
+            super::savepoint_target("s3://b/sp?endpoint=http://h:1&path_style=true", "ns-a", 3),
+            "s3://b/sp/ns-a-3?endpoint=http://h:1&path_style=true"
+        );
     }
 }

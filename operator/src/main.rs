@@ -75,6 +75,11 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
+    // kube's rustls uses ring; when a workspace build unifies rustls features
+    // (the runtime's aws-sdk enables aws-lc-rs too), rustls cannot pick a
+    // provider by itself and panics on the first client. Choose explicitly.
+    // An Err means one is already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.cmd {
         Cmd::Crd => {
             print!("{}", runnel_operator::crd::crd_yaml()?);
