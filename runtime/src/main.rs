@@ -32,6 +32,10 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Runs a declarative job (YAML) with its control API.
     Run(cli::run::RunArgs),
+    /// Runs a declarative job's coordinator over worker processes.
+    Coordinator(cli::distributed::CoordinatorArgs),
+    /// Runs a worker that hosts subtasks of a distributed job.
+    Worker(cli::distributed::WorkerArgs),
     /// Shows a running job's state and last checkpoint.
     Status(cli::jobctl::StatusArgs),
     /// Takes a savepoint of a running job (or: `savepoint inspect|dispose PATH`).
@@ -94,6 +98,8 @@ fn main() -> ExitCode {
         },
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Coordinator(a) => cli::distributed::coordinator(a),
+        Command::Worker(a) => cli::distributed::worker(a),
         Command::Status(a) => cli::jobctl::status(a),
         Command::Savepoint(a) => cli::jobctl::savepoint(a),
         Command::Stop(a) => cli::jobctl::stop(a),

@@ -6,6 +6,7 @@ pub mod bench_kafka;
 pub mod bench_s3;
 pub mod client;
 pub mod demo;
+pub mod distributed;
 pub mod inspect;
 pub mod jobctl;
 pub mod run;
