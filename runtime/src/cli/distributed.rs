@@ -94,9 +94,8 @@ fn factory(path: &Path) -> anyhow::Result<(JobFactory, u64)> {
         if parallelism.is_some() {
             spec.parallelism = parallelism;
         }
-        let job = declarative::build_at(&spec, &registry, root).map_err(|e| {
-            JobError::InvalidJob(runnel_spec::format_errors(&e).to_string())
-        })?;
+        let job = declarative::build_at(&spec, &registry, root)
+            .map_err(|e| JobError::InvalidJob(runnel_spec::format_errors(&e).to_string()))?;
         job.into_env().build()
     });
     // Fail now, not at the first deploy.

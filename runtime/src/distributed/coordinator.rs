@@ -118,6 +118,8 @@ struct AttemptState {
 
 struct Shared {
     state: Mutex<AttemptState>,
+    /// Where `SyncAck`s go while the relay waits for them.
+    sync: Mutex<Option<Sender<(String, u64)>>>,
     stats: WorkerStats,
     fenced: AtomicU64,
 }
@@ -154,6 +156,7 @@ impl RemoteDeployer {
             incarnation,
             shared: Arc::new(Shared {
                 state: Mutex::new(AttemptState::default()),
+                sync: Mutex::new(None),
                 stats: Arc::default(),
                 fenced: AtomicU64::new(0),
             }),
@@ -329,6 +332,11 @@ fn on_message(shared: &Shared, link: &Link, m: ToCoordinator) {
                 let _ = master.send(m);
             }
         }
+        ToCoordinator::SyncAck { seq } => {
+            if let Some(tx) = lock(&shared.sync).as_ref() {
+                let _ = tx.send((link.key.clone(), seq));
+            }
+        }
         ToCoordinator::HelloAck { .. } | ToCoordinator::Refused { .. } => {}
     }
 }
@@ -454,23 +462,13 @@ impl AttemptDeployer for RemoteDeployer {
             return Err(TaskError::Internal(format!("deploy failed: {f}")));
         }
         let mut handles = Vec::new();
+        let mut proxies = Vec::new();
         let mut source_subtasks = 0;
         for (ti, t) in tasks.iter().enumerate() {
             for s in 0..t.parallelism {
                 let link = live[assignment.worker_of(ti, s) as usize].clone();
                 let (ctx, crx) = unbounded::<Control>();
-                std::thread::Builder::new()
-                    .name(format!("proxy {ti}/{s}"))
-                    .spawn(move || {
-                        for c in crx {
-                            link.send(&ToWorker::Control {
-                                epoch,
-                                task: (ti, s),
-                                control: WireControl::from_control(&c),
-                            });
-                        }
-                    })
-                    .map_err(|e| TaskError::Internal(format!("cannot start a proxy: {e}")))?;
+                proxies.push(((ti, s), link, crx));
                 if t.is_source {
                     source_subtasks += 1;
                 }
@@ -482,6 +480,12 @@ impl AttemptDeployer for RemoteDeployer {
                 });
             }
         }
+        let shared = self.shared.clone();
+        let timeout = self.opts.heartbeat_timeout;
+        std::thread::Builder::new()
+            .name("control-relay".into())
+            .spawn(move || relay(proxies, epoch, live, shared, timeout))
+            .map_err(|e| TaskError::Internal(format!("cannot start the control relay: {e}")))?;
         let parallelism = graph
             .nodes
             .iter()
@@ -493,6 +497,94 @@ impl AttemptDeployer for RemoteDeployer {
             source_subtasks,
             parallelism,
         })
+    }
+}
+
+type Proxy = (
+    (usize, u32),
+    Arc<Link>,
+    crossbeam_channel::Receiver<Control>,
+);
+
+/// Relays the master's control messages to the workers of one attempt, until
+/// the master drops the proxies.
+///
+/// One ordering matters across workers: the notification that the final
+/// checkpoint completed must reach every task before any source ends its
+/// stream (a sink that sees the end first would exit without committing).
+/// In one process, channel order guarantees it; here the end of a stream
+/// travels over a data connection that may overtake the notification on the
+/// coordinator's connection. So before `FinishSources` goes out, the relay
+/// forwards everything the master sent before it and waits until every
+/// worker has confirmed (`Sync`) that it delivered those messages.
+fn relay(
+    mut proxies: Vec<Proxy>,
+    epoch: Epoch,
+    members: Vec<Arc<Link>>,
+    shared: Arc<Shared>,
+    timeout: Duration,
+) {
+    let forward = |p: &Proxy, c: &Control| {
+        p.1.send(&ToWorker::Control {
+            epoch,
+            task: p.0,
+            control: WireControl::from_control(c),
+        });
+    };
+    let mut seq = 0u64;
+    while !proxies.is_empty() {
+        let mut sel = crossbeam_channel::Select::new();
+        for p in &proxies {
+            sel.recv(&p.2);
+        }
+        let op = sel.select();
+        let i = op.index();
+        let Ok(c) = op.recv(&proxies[i].2) else {
+            proxies.swap_remove(i);
+            continue;
+        };
+        if !matches!(c, Control::FinishSources) {
+            forward(&proxies[i], &c);
+            continue;
+        }
+        // Everything the master sent before this is queued by now: forward it.
+        let mut finish = vec![i];
+        for (j, p) in proxies.iter().enumerate() {
+            while let Ok(c) = p.2.try_recv() {
+                if matches!(c, Control::FinishSources) {
+                    finish.push(j);
+                } else {
+                    forward(p, &c);
+                }
+            }
+        }
+        seq += 1;
+        let (tx, rx) = unbounded();
+        *lock(&shared.sync) = Some(tx);
+        for l in &members {
+            l.send(&ToWorker::Sync { seq });
+        }
+        let deadline = Instant::now() + timeout;
+        let mut acked = std::collections::HashSet::new();
+        while members
+            .iter()
+            .any(|l| l.alive.load(Ordering::SeqCst) && !acked.contains(&l.key))
+        {
+            match rx.recv_deadline(deadline) {
+                Ok((key, s)) if s == seq => {
+                    acked.insert(key);
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    tracing::warn!("workers did not confirm delivery in time; finishing anyway");
+                    break;
+                }
+            }
+        }
+        *lock(&shared.sync) = None;
+        for j in finish {
+            forward(&proxies[j], &Control::FinishSources);
+        }
     }
 }
 

@@ -175,19 +175,20 @@ impl Stats {
         }
     }
 
-    pub fn queued(&self, delta: i64, channel_len: usize) {
-        let now = if delta >= 0 {
-            self.inbound_queued
-                .fetch_add(delta as u64, Ordering::Relaxed)
-                + delta as u64
-        } else {
-            self.inbound_queued
-                .fetch_sub((-delta) as u64, Ordering::Relaxed)
-                .saturating_sub((-delta) as u64)
-        };
+    /// A frame was queued for delivery (called before it is queued, so that
+    /// the delivering thread's decrement never comes first).
+    pub fn frame_queued(&self, channel_len: usize) {
+        let now = self
+            .inbound_queued
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1);
         self.inbound_queued_max.fetch_max(now, Ordering::Relaxed);
         self.channel_queued_max
-            .fetch_max(channel_len as u64, Ordering::Relaxed);
+            .fetch_max(channel_len as u64 + 1, Ordering::Relaxed);
+    }
+
+    pub fn frame_delivered(&self) {
+        self.inbound_queued.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -265,7 +266,7 @@ pub(crate) fn spawn_inbound(
         .spawn(move || {
             for bytes in queue {
                 let r = end.deliver(&bytes, &open);
-                stats.queued(-1, 0);
+                stats.frame_delivered();
                 match r {
                     Ok(true) => {
                         let credit = DataFrame::Credit { channel: id, n: 1 }.encode();

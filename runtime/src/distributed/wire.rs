@@ -55,6 +55,11 @@ pub enum ToWorker {
     Release {
         epoch: Epoch,
     },
+    /// Answered with `SyncAck` once every earlier message has been handed to
+    /// the tasks (control messages are delivered in connection order).
+    Sync {
+        seq: u64,
+    },
     Heartbeat,
 }
 
@@ -104,6 +109,9 @@ pub enum ToCoordinator {
     },
     Heartbeat {
         stats: ExchangeStats,
+    },
+    SyncAck {
+        seq: u64,
     },
 }
 

@@ -259,6 +259,11 @@ async fn serve_coordinator(
         };
         match msg {
             ToWorker::Heartbeat => {}
+            ToWorker::Sync { seq } => {
+                if let Ok(b) = encode_msg(&ToCoordinator::SyncAck { seq }) {
+                    let _ = tx.send(b);
+                }
+            }
             ToWorker::Deploy(spec) => {
                 let shared2 = shared.clone();
                 let tx2 = tx.clone();
@@ -692,10 +697,11 @@ async fn serve_data(
                     let q = queues
                         .get(&channel)
                         .ok_or_else(|| format!("frame for unknown channel {channel:?}"))?;
+                    stats.frame_queued(q.len());
                     if q.send(payload).is_err() {
+                        stats.frame_delivered();
                         continue; // That task is gone; the attempt is ending.
                     }
-                    stats.queued(1, q.len());
                 }
                 other => return Err::<(), String>(format!("unexpected frame: {other:?}")),
             }
