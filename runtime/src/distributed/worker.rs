@@ -316,7 +316,7 @@ async fn serve_coordinator(
 }
 
 fn deliver_control(shared: &Shared, epoch: Epoch, task: (usize, u32), control: WireControl) {
-    let running = lock(&shared.running);
+    let mut running = lock(&shared.running);
     let current = running.as_ref().map(|r| r.epoch);
     if worker_decides(current, epoch) != WorkerDecision::Deliver {
         shared.stats.fenced_messages.fetch_add(1, Ordering::Relaxed);
@@ -339,7 +339,22 @@ fn deliver_control(shared: &Shared, epoch: Epoch, task: (usize, u32), control: W
         WireControl::FinishSources => Control::FinishSources,
         WireControl::Cancel => Control::Cancel,
     };
+    let cancel = matches!(c, Control::Cancel);
     let _ = tx.send(c);
+    if cancel && let Some(run) = running.as_mut() {
+        // The master cancels only to end the attempt. A task blocked sending
+        // to a peer that gives no credit (a frozen worker keeps its TCP
+        // connections open) cannot see the cancel: cutting the attempt's
+        // connections unblocks every channel, so its tasks can exit.
+        cut_exchange(run);
+    }
+}
+
+fn cut_exchange(run: &mut Running) {
+    for a in run.aborts.drain(..) {
+        a.abort();
+    }
+    run.inbound.clear();
 }
 
 /// Stops the attempt running here: cancels its tasks, cuts its connections
@@ -352,10 +367,8 @@ fn teardown(shared: &Shared) {
     for tx in run.tasks.values() {
         let _ = tx.send(Control::Cancel);
     }
-    for a in &run.aborts {
-        a.abort();
-    }
-    drop(run.inbound);
+    let mut run = run;
+    cut_exchange(&mut run);
     drop(run.tasks);
     let deadline = Instant::now() + Duration::from_secs(30);
     for j in run.joins {
