@@ -18,7 +18,14 @@ fn a_stalled_worker_is_detected_and_the_job_recovers_without_it() {
     let yaml = keyed_job(30_000, 5_000, 4);
     let expected = fault_free(&yaml, tmp.path());
     let job = write_job(&yaml, tmp.path());
-    let args = ["--slots", "2", "--heartbeat-timeout", "1s", "--heartbeat-interval", "200ms"];
+    let args = [
+        "--slots",
+        "2",
+        "--heartbeat-timeout",
+        "1s",
+        "--heartbeat-interval",
+        "200ms",
+    ];
     let workers: Vec<Proc> = (0..3).map(|_| worker(&job, &args)).collect();
     let list: Vec<&str> = workers.iter().map(|w| w.addr.as_str()).collect();
     let coord = coordinator(
@@ -34,7 +41,10 @@ fn a_stalled_worker_is_detected_and_the_job_recovers_without_it() {
     });
     let failure = s.last_failure.clone().unwrap_or_default();
     assert!(
-        failure.contains(&format!("worker {} lost: nothing received", workers[1].addr)),
+        failure.contains(&format!(
+            "worker {} lost: nothing received",
+            workers[1].addr
+        )),
         "{failure}"
     );
     let s2 = wait_checkpoint_after(&url, last_checkpoint_id(&s));
