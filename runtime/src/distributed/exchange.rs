@@ -37,8 +37,9 @@ use crate::functions::Data;
 use crate::storage::CheckpointStorage;
 
 /// Resolves a storage root URI to storage (cached by the caller).
-pub(crate) type OpenStorage =
-    Arc<dyn Fn(&str) -> Result<Arc<dyn CheckpointStorage>, String> + Send + Sync>;
+pub(crate) type OpenStorageFn =
+    dyn Fn(&str) -> Result<Arc<dyn CheckpointStorage>, String> + Send + Sync;
+pub(crate) type OpenStorage = Arc<OpenStorageFn>;
 
 /// The local half of a remote channel, typed erased.
 pub(crate) enum RemoteEnd {

@@ -159,7 +159,7 @@ impl WireBarrier {
     /// Rebuilds the barrier; `open` resolves (and caches) storage roots.
     pub fn to_barrier(
         &self,
-        open: &dyn Fn(&str) -> Result<Arc<dyn crate::storage::CheckpointStorage>, String>,
+        open: &super::exchange::OpenStorageFn,
     ) -> Result<Barrier, String> {
         Ok(Barrier {
             id: self.id,
