@@ -62,6 +62,8 @@ enum BenchTarget {
     /// Checkpoint upload throughput and restore time of keyed state on S3,
     /// against a plain upload and download with the same client.
     S3(cli::bench_s3::BenchS3Args),
+    /// The same keyed job on workers over loopback against one process.
+    Distributed(cli::bench_distributed::BenchDistributedArgs),
     /// Kafka -> keyed aggregate -> Kafka exactly-once, against a bare consumer
     /// draining the same topic.
     #[cfg(feature = "kafka")]
@@ -92,6 +94,7 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(a),
         Command::Bench(b) => match b.target {
             Some(BenchTarget::S3(a)) => cli::bench_s3::run(a),
+            Some(BenchTarget::Distributed(a)) => cli::bench_distributed::run(a),
             #[cfg(feature = "kafka")]
             Some(BenchTarget::Kafka(a)) => cli::bench_kafka::run(a).map(|()| ExitCode::SUCCESS),
             None => cli::bench::run(b.args),

@@ -1,6 +1,7 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
+pub mod bench_distributed;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
 pub mod bench_s3;
