@@ -308,7 +308,11 @@ async fn serve_coordinator(
     // connection ending must not cancel its successor's attempt.
     let active = lock(&shared.coordinator).1 == conn_id;
     if active {
-        tracing::warn!(error = ?result, "lost the coordinator; cancelling local tasks");
+        if lock(&shared.running).is_some() {
+            tracing::warn!(error = ?result, "lost the coordinator; cancelling local tasks");
+        } else {
+            tracing::info!("the coordinator disconnected");
+        }
         let shared2 = shared.clone();
         let _ = tokio::task::spawn_blocking(move || teardown(&shared2)).await;
     }
