@@ -150,7 +150,9 @@ fn run_local(a: &BenchDistributedArgs, batch: usize) -> anyhow::Result<f64> {
         bail!("the baseline run failed ({})", out.status);
     }
     let s = String::from_utf8_lossy(&out.stdout);
-    s.trim().parse().context("cannot parse the baseline's output")
+    s.trim()
+        .parse()
+        .context("cannot parse the baseline's output")
 }
 
 fn run_distributed(a: &BenchDistributedArgs, batch: usize) -> anyhow::Result<(f64, u64, u64, u64)> {

@@ -600,3 +600,130 @@ impl Drop for RemoteDeployer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::distributed::wire::WireTaskError;
+
+    fn setup(epoch: Epoch) -> (Shared, Arc<Link>, crossbeam_channel::Receiver<MasterMsg>) {
+        let (mtx, mrx) = unbounded();
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let link = Arc::new(Link {
+            key: "w0".into(),
+            tx,
+            slots: 2,
+            alive: AtomicBool::new(true),
+            last_seen: Mutex::new(Instant::now()),
+        });
+        let mut members = HashMap::new();
+        members.insert(
+            "w0".to_string(),
+            Member {
+                tasks: 3,
+                exited: 0,
+            },
+        );
+        let shared = Shared {
+            state: Mutex::new(AttemptState {
+                epoch: Some(epoch),
+                master_attempt: 7,
+                master: Some(mtx),
+                members,
+                replies: None,
+            }),
+            sync: Mutex::new(None),
+            stats: Arc::default(),
+            fenced: AtomicU64::new(0),
+        };
+        (shared, link, mrx)
+    }
+
+    fn ack(epoch: Epoch) -> ToCoordinator {
+        ToCoordinator::Task {
+            epoch,
+            msg: WireMasterMsg::Ack {
+                checkpoint_id: 4,
+                task: (1, 0),
+                ops: vec![],
+                alignment_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn acks_of_an_older_epoch_never_reach_the_master() {
+        let cur = Epoch {
+            incarnation: 5,
+            attempt: 2,
+        };
+        let old = Epoch {
+            incarnation: 5,
+            attempt: 1,
+        };
+        let (shared, link, mrx) = setup(cur);
+        on_message(&shared, &link, ack(old));
+        assert!(mrx.try_recv().is_err());
+        assert_eq!(shared.fenced.load(Ordering::Relaxed), 1);
+        on_message(&shared, &link, ack(cur));
+        match mrx.try_recv().unwrap() {
+            MasterMsg::Ack {
+                attempt,
+                checkpoint_id,
+                task,
+                ..
+            } => assert_eq!((attempt, checkpoint_id, task), (7, 4, (1, 0))),
+            _ => panic!("expected an ack"),
+        }
+        // A worker that is not part of the attempt is fenced even with the
+        // right epoch (it was lost and removed).
+        lock(&shared.state).members.clear();
+        on_message(&shared, &link, ack(cur));
+        assert!(mrx.try_recv().is_err());
+        assert_eq!(shared.fenced.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_lost_worker_fails_its_remaining_subtasks_once() {
+        let cur = Epoch {
+            incarnation: 5,
+            attempt: 2,
+        };
+        let (shared, link, mrx) = setup(cur);
+        on_message(
+            &shared,
+            &link,
+            ToCoordinator::Task {
+                epoch: cur,
+                msg: WireMasterMsg::TaskExited {
+                    result: Err(WireTaskError::Cancelled),
+                },
+            },
+        );
+        assert!(matches!(
+            mrx.try_recv().unwrap(),
+            MasterMsg::TaskExited {
+                attempt: 7,
+                result: Err(TaskError::Cancelled)
+            }
+        ));
+        lost(&shared, &link, "nothing received");
+        lost(&shared, &link, "again");
+        let mut n = 0;
+        while let Ok(m) = mrx.try_recv() {
+            match m {
+                MasterMsg::TaskExited {
+                    attempt: 7,
+                    result: Err(TaskError::Internal(msg)),
+                } => assert!(msg.contains("worker w0 lost: nothing received"), "{msg}"),
+                _ => panic!("unexpected message"),
+            }
+            n += 1;
+        }
+        assert_eq!(n, 2, "3 subtasks, 1 already exited");
+        assert!(!link.alive.load(Ordering::SeqCst));
+        // Whatever it sends afterwards is dropped.
+        on_message(&shared, &link, ack(cur));
+        assert!(mrx.try_recv().is_err());
+    }
+}

@@ -157,10 +157,7 @@ impl WireBarrier {
     }
 
     /// Rebuilds the barrier; `open` resolves (and caches) storage roots.
-    pub fn to_barrier(
-        &self,
-        open: &super::exchange::OpenStorageFn,
-    ) -> Result<Barrier, String> {
+    pub fn to_barrier(&self, open: &super::exchange::OpenStorageFn) -> Result<Barrier, String> {
         Ok(Barrier {
             id: self.id,
             timestamp_ms: self.timestamp_ms,
