@@ -287,7 +287,15 @@ async fn serve_coordinator(
                 epoch,
                 task,
                 control,
-            } => deliver_control(&shared, epoch, task, control),
+            } => {
+                // Off the async threads: a barrier may open its storage (an S3
+                // client), which blocks. Awaited, so that order is kept.
+                let shared2 = shared.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    deliver_control(&shared2, epoch, task, control)
+                })
+                .await;
+            }
             ToWorker::Release { epoch } => {
                 let shared2 = shared.clone();
                 let _ = tokio::task::spawn_blocking(move || {
