@@ -48,7 +48,9 @@ fn rescale_two_to_three_to_one_workers_through_savepoints() {
         &[&addrs[0], &addrs[1], &addrs[2]],
         &["--parallelism", "6", "--from-savepoint", &sp1],
     );
-    let s2 = status(&c2.addr);
+    let s2 = wait_status(&c2.addr, "the restored attempt", |s| {
+        s.restored_from.is_some()
+    });
     assert_eq!(s2.parallelism["sums"], 6);
     assert_eq!(s2.restored_from.as_deref(), Some(sp1.as_str()));
     let sp2 = stop_with_savepoint(c2, &sp_dir);
@@ -58,8 +60,11 @@ fn rescale_two_to_three_to_one_workers_through_savepoints() {
         &[&addrs[2]],
         &["--parallelism", "2", "--from-savepoint", &sp2],
     );
-    let s3 = status(&c3.addr);
+    let s3 = wait_status(&c3.addr, "the restored attempt", |s| {
+        s.restored_from.is_some()
+    });
     assert_eq!(s3.parallelism["sums"], 2);
+    assert_eq!(s3.restored_from.as_deref(), Some(sp2.as_str()));
     let (st, out) = c3.finish(Duration::from_secs(120));
     assert!(st.success(), "{out}");
     assert!(out.contains("job dist finished"), "{out}");
