@@ -746,3 +746,101 @@ async fn serve_data(
         Err(_) => Ok(()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::JobError;
+
+    fn epoch(attempt: u64) -> Epoch {
+        Epoch {
+            incarnation: 9,
+            attempt,
+        }
+    }
+
+    fn shared(rt: &tokio::runtime::Runtime) -> Arc<Shared> {
+        let factory: JobFactory =
+            Arc::new(|_| Err(JobError::InvalidJob("not used by these tests".into())));
+        Arc::new(Shared {
+            opts: WorkerOptions {
+                listen: "127.0.0.1:0".parse().unwrap(),
+                slots: 1,
+                fingerprint: 1,
+                heartbeat_interval: Duration::from_millis(100),
+                heartbeat_timeout: Duration::from_secs(1),
+            },
+            factory,
+            stats: Arc::new(Stats::default()),
+            coordinator: Mutex::new((0, 0)),
+            next_conn: AtomicU64::new(1),
+            running: Mutex::new(None),
+            latest: Mutex::new(None),
+            deployed: watch::channel(None).0,
+            open: Arc::new(|r: &str| crate::storage::open(r).map_err(|e| e.to_string())),
+            handle: rt.handle().clone(),
+        })
+    }
+
+    #[test]
+    fn control_messages_of_other_epochs_are_dropped() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sh = shared(&rt);
+        let (tx, rx) = unbounded();
+        *lock(&sh.running) = Some(Running {
+            epoch: epoch(2),
+            tasks: HashMap::from([((0, 0), tx)]),
+            joins: vec![],
+            inbound: HashMap::new(),
+            aborts: vec![],
+        });
+        for e in [epoch(1), epoch(3)] {
+            deliver_control(&sh, e, (0, 0), WireControl::Complete(5));
+            assert!(rx.try_recv().is_err(), "delivered a notify of epoch {e}");
+        }
+        assert_eq!(sh.stats.fenced_messages.load(Ordering::Relaxed), 2);
+        deliver_control(&sh, epoch(2), (0, 0), WireControl::Complete(5));
+        assert!(matches!(
+            rx.try_recv(),
+            Ok(Control::Notify(Notification::Complete(5)))
+        ));
+    }
+
+    #[test]
+    fn deployments_of_older_epochs_are_refused() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let sh = shared(&rt);
+        *lock(&sh.latest) = Some(epoch(4));
+        let (ctx, _crx) = mpsc::unbounded_channel();
+        let spec = DeploySpec {
+            epoch: epoch(3),
+            fingerprint: 1,
+            parallelism: None,
+            restore: None,
+            assignment: super::super::assign::assign(&[1], 1, 1).unwrap(),
+            worker: 0,
+            peers: vec!["127.0.0.1:1".into()],
+            task_names: vec![],
+        };
+        let err = deploy(&sh, spec.clone(), ctx.clone()).unwrap_err();
+        assert!(err.contains("older"), "{err}");
+        assert_eq!(*lock(&sh.latest), Some(epoch(4)));
+        // A newer epoch is taken, and then fails on the job definition.
+        let err = deploy(
+            &sh,
+            DeploySpec {
+                epoch: epoch(5),
+                fingerprint: 2,
+                ..spec
+            },
+            ctx,
+        )
+        .unwrap_err();
+        assert!(err.contains("different job definition"), "{err}");
+        assert_eq!(*lock(&sh.latest), Some(epoch(5)));
+    }
+}
