@@ -142,7 +142,7 @@ struct RemoteDeployer {
 impl RemoteDeployer {
     fn new(opts: CoordinatorOptions) -> Result<Self, DistributedError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(1)
             .thread_name("coordinator-io")
             .enable_all()
             .build()

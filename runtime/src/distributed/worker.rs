@@ -116,7 +116,7 @@ pub fn start_worker(
     opts: WorkerOptions,
 ) -> Result<WorkerHandle, DistributedError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .thread_name("worker-io")
         .enable_all()
         .build()
