@@ -89,6 +89,16 @@ pub(crate) trait TypeOps: Send + Sync {
     fn fanout(&self, outs: Vec<Box<dyn Any>>) -> Result<Box<dyn Any>, TaskError>;
     /// Wraps an `Out<T>` so that the records passing it are counted.
     fn counted(&self, out: Box<dyn Any>, counter: Counter) -> Result<Box<dyn Any>, TaskError>;
+    /// Distributed execution: takes the (up, down) channel of an edge out of
+    /// `chans` as the local half of a remote channel: its receiver when the
+    /// upstream subtask runs here (`outbound`), else its sender.
+    fn remote_end(
+        &self,
+        chans: &mut Box<dyn Any>,
+        up: usize,
+        down: usize,
+        outbound: bool,
+    ) -> Result<crate::distributed::exchange::RemoteEnd, TaskError>;
     /// Builds the task of a chain whose head consumes this type.
     fn input_task(
         &self,
@@ -188,6 +198,27 @@ impl<T: Data> TypeOps for TypeOpsImpl<T> {
             .filter_map(|r| r.take())
             .collect();
         Ok(Box::new(rs))
+    }
+
+    fn remote_end(
+        &self,
+        chans: &mut Box<dyn Any>,
+        up: usize,
+        down: usize,
+        outbound: bool,
+    ) -> Result<crate::distributed::exchange::RemoteEnd, TaskError> {
+        use crate::distributed::exchange;
+        let chans = chans
+            .downcast_mut::<EdgeChannels<T>>()
+            .ok_or_else(|| internal("edge channels"))?;
+        let missing = || internal(&format!("no channel {up} -> {down} for a remote end"));
+        if outbound {
+            let r = chans.receivers[down][up].take().ok_or_else(missing)?;
+            Ok(exchange::outbound(r))
+        } else {
+            let s = chans.senders[up][down].take().ok_or_else(missing)?;
+            Ok(exchange::inbound(s))
+        }
     }
 
     fn fanout(&self, outs: Vec<Box<dyn Any>>) -> Result<Box<dyn Any>, TaskError> {

@@ -10,6 +10,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod declarative;
+pub mod distributed;
 pub mod error;
 pub mod event;
 mod executor;

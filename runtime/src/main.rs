@@ -32,6 +32,10 @@ enum Command {
     Inspect(cli::inspect::InspectArgs),
     /// Runs a declarative job (YAML) with its control API.
     Run(cli::run::RunArgs),
+    /// Runs a declarative job's coordinator over worker processes.
+    Coordinator(cli::distributed::CoordinatorArgs),
+    /// Runs a worker that hosts subtasks of a distributed job.
+    Worker(cli::distributed::WorkerArgs),
     /// Shows a running job's state and last checkpoint.
     Status(cli::jobctl::StatusArgs),
     /// Takes a savepoint of a running job (or: `savepoint inspect|dispose PATH`).
@@ -58,6 +62,8 @@ enum BenchTarget {
     /// Checkpoint upload throughput and restore time of keyed state on S3,
     /// against a plain upload and download with the same client.
     S3(cli::bench_s3::BenchS3Args),
+    /// The same keyed job on workers over loopback against one process.
+    Distributed(cli::bench_distributed::BenchDistributedArgs),
     /// Kafka -> keyed aggregate -> Kafka exactly-once, against a bare consumer
     /// draining the same topic.
     #[cfg(feature = "kafka")]
@@ -88,12 +94,15 @@ fn main() -> ExitCode {
         Command::Demo(a) => cli::demo::run(a),
         Command::Bench(b) => match b.target {
             Some(BenchTarget::S3(a)) => cli::bench_s3::run(a),
+            Some(BenchTarget::Distributed(a)) => cli::bench_distributed::run(a),
             #[cfg(feature = "kafka")]
             Some(BenchTarget::Kafka(a)) => cli::bench_kafka::run(a).map(|()| ExitCode::SUCCESS),
             None => cli::bench::run(b.args),
         },
         Command::Inspect(a) => cli::inspect::run(a),
         Command::Run(a) => cli::run::run(a),
+        Command::Coordinator(a) => cli::distributed::coordinator(a),
+        Command::Worker(a) => cli::distributed::worker(a),
         Command::Status(a) => cli::jobctl::status(a),
         Command::Savepoint(a) => cli::jobctl::savepoint(a),
         Command::Stop(a) => cli::jobctl::stop(a),

@@ -1,11 +1,13 @@
 //! Subcommands of the `runnel` binary and small helpers they share.
 
 pub mod bench;
+pub mod bench_distributed;
 #[cfg(feature = "kafka")]
 pub mod bench_kafka;
 pub mod bench_s3;
 pub mod client;
 pub mod demo;
+pub mod distributed;
 pub mod inspect;
 pub mod jobctl;
 pub mod run;

@@ -14,12 +14,19 @@ use super::MasterMsg;
 use crate::checkpoint::LoadedSnapshot;
 use crate::checkpoint::redistribute::{InFlightAssignment, assign};
 use crate::config::{CheckpointMode, JobConfig};
+use crate::distributed::exchange::RemoteEnd;
+use crate::distributed::wire::ChannelId;
 use crate::error::{SnapshotError, TaskError};
 use crate::graph::{BuildCtx, EdgeKind, JobGraph, NodeKind};
 use crate::keygroup::range_for_subtask;
 use crate::metrics::JobMetrics;
 use crate::task::aligner::AlignMode;
 use crate::task::{Control, Restored, TaskEnv, TaskRunner, UploadJob};
+
+/// Distributed execution: which subtasks run in this process.
+pub(crate) trait Placement {
+    fn is_local(&self, task: usize, subtask: u32) -> bool;
+}
 
 pub(crate) struct TaskHandle {
     pub name: String,
@@ -33,6 +40,9 @@ type Runner = (usize, u32, String, String, bool, Box<dyn TaskRunner>);
 
 pub(crate) struct Deployed {
     pub tasks: Vec<TaskHandle>,
+    /// Distributed execution: the local halves of channels whose other end
+    /// runs on another worker.
+    pub remote: Vec<(ChannelId, RemoteEnd)>,
     pub source_subtasks: usize,
     /// Parallelism per operator uid (for metadata).
     pub parallelism: HashMap<String, u32>,
@@ -87,6 +97,22 @@ pub(crate) fn deploy(
     uploader: &Sender<UploadJob>,
     metrics: &Arc<JobMetrics>,
 ) -> Result<Deployed, TaskError> {
+    deploy_placed(graph, cfg, attempt, snap, master, uploader, metrics, None)
+}
+
+/// `deploy` for the subtasks `placement` puts here (all without one). Channels
+/// between a local and a remote subtask become [`RemoteEnd`]s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn deploy_placed(
+    graph: &JobGraph,
+    cfg: &JobConfig,
+    attempt: u64,
+    snap: Option<&LoadedSnapshot>,
+    master: &Sender<MasterMsg>,
+    uploader: &Sender<UploadJob>,
+    metrics: &Arc<JobMetrics>,
+    placement: Option<&dyn Placement>,
+) -> Result<Deployed, TaskError> {
     let nodes = &graph.nodes;
     let par = effective_parallelism(graph, cfg);
     // Forward edges between different parallelisms become rebalance, as in Flink.
@@ -136,6 +162,43 @@ pub(crate) fn deploy(
         .filter(|n| !chained[n.id])
         .map(|n| n.id)
         .collect();
+    let mut remote = Vec::new();
+    if let Some(pl) = placement {
+        // Nodes come in topological order: a chained node's task is its input's.
+        let mut task_of = vec![0usize; nodes.len()];
+        for (ti, &h) in heads.iter().enumerate() {
+            task_of[h] = ti;
+        }
+        for n in nodes.iter().filter(|n| chained[n.id]) {
+            task_of[n.id] = task_of[n.inputs[0].from];
+        }
+        for n in nodes.iter().filter(|n| !chained[n.id]) {
+            for (ei, e) in n.inputs.iter().enumerate() {
+                let forward = kind(n.id, ei) == EdgeKind::Forward;
+                let ch = chans.get_mut(&(n.id, ei)).ok_or_else(|| {
+                    TaskError::Internal(format!("no channels for edge {}/{ei}", n.id))
+                })?;
+                for u in 0..par[e.from] {
+                    for d in 0..par[n.id] {
+                        let up_local = pl.is_local(task_of[e.from], u);
+                        if (forward && u != d) || up_local == pl.is_local(task_of[n.id], d) {
+                            continue;
+                        }
+                        let end = nodes[e.from]
+                            .out_ops
+                            .remote_end(ch, u as usize, d as usize, up_local)?;
+                        let id = ChannelId {
+                            node: n.id as u32,
+                            input: ei as u32,
+                            up: u,
+                            down: d,
+                        };
+                        remote.push((id, end));
+                    }
+                }
+            }
+        }
+    }
     let mode = match (cfg.checkpoint.mode, cfg.checkpoint.unaligned) {
         (_, true) => AlignMode::Unaligned,
         (CheckpointMode::ExactlyOnce, false) => AlignMode::Aligned,
@@ -165,6 +228,9 @@ pub(crate) fn deploy(
             .collect::<Vec<_>>()
             .join(" -> ");
         for s in 0..p {
+            if placement.is_some_and(|pl| !pl.is_local(ti, s)) {
+                continue;
+            }
             let task_name = format!("{chain_name} ({}/{p})", s + 1);
             let mut built: HashMap<usize, Box<dyn Any>> = HashMap::new();
             let mut source_task = None;
@@ -318,6 +384,7 @@ pub(crate) fn deploy(
     }
     Ok(Deployed {
         tasks,
+        remote,
         source_subtasks,
         parallelism,
     })

@@ -2,7 +2,7 @@
 //! handles failures with the restart strategy, and serves client requests.
 //! One thread owns all of this, so every decision is made in one place.
 
-mod deploy;
+pub(crate) mod deploy;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -242,7 +242,29 @@ impl JobClient {
     }
 }
 
+/// Distributed execution: deploys an attempt's tasks elsewhere (on workers)
+/// and returns proxies whose control channels reach them; the job master runs
+/// checkpoints, failures and restarts over them exactly as over local tasks.
+pub(crate) trait AttemptDeployer: Send {
+    fn deploy(
+        &mut self,
+        graph: &JobGraph,
+        config: &JobConfig,
+        attempt: u64,
+        restore: Option<&str>,
+        master: &Sender<MasterMsg>,
+    ) -> Result<Deployed, TaskError>;
+}
+
 pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, JobError> {
+    start_with(graph, config, None)
+}
+
+pub(crate) fn start_with(
+    graph: JobGraph,
+    config: JobConfig,
+    deployer: Option<Box<dyn AttemptDeployer>>,
+) -> Result<JobClient, JobError> {
     let (tx, rx) = unbounded();
     let status = Arc::new(Mutex::new(JobStatus {
         name: config.name.clone(),
@@ -282,6 +304,7 @@ pub(crate) fn start(graph: JobGraph, config: JobConfig) -> Result<JobClient, Job
     };
     let metrics = Arc::new(JobMetrics::new());
     let mut master = Master {
+        deployer,
         metrics: metrics.clone(),
         graph,
         config,
@@ -340,6 +363,7 @@ struct Master {
     completed: Vec<CompletedCheckpoint>,
     clock_base: Instant,
     metrics: Arc<JobMetrics>,
+    deployer: Option<Box<dyn AttemptDeployer>>,
 }
 
 impl Master {
@@ -510,15 +534,25 @@ impl Master {
             Ok(j) => j,
             Err(e) => return AttemptEnd::Failed(TaskError::Internal(format!("uploader: {e}"))),
         };
-        let deployed = match deploy(
-            &self.graph,
-            &self.config,
-            attempt,
-            snap,
-            &self.tx,
-            &up_tx,
-            &self.metrics,
-        ) {
+        let deployed = match &mut self.deployer {
+            Some(d) => d.deploy(
+                &self.graph,
+                &self.config,
+                attempt,
+                snap.map(|s| s.uri.as_str()),
+                &self.tx,
+            ),
+            None => deploy(
+                &self.graph,
+                &self.config,
+                attempt,
+                snap,
+                &self.tx,
+                &up_tx,
+                &self.metrics,
+            ),
+        };
+        let deployed = match deployed {
             Ok(d) => d,
             Err(e) => {
                 drop(up_tx);
