@@ -469,6 +469,13 @@ pub struct StreamJobStatus {
     /// Counter for unique savepoint directories.
     #[serde(default)]
     pub savepoint_seq: u64,
+    /// Savepoints that failed in a row. The next trigger waits
+    /// `10 s * 2^(n-1)` (at most 5 min) after the last failure, so an
+    /// unreachable store or a broken job is not hammered with triggers.
+    #[serde(default)]
+    pub savepoint_failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_savepoint_failure_ms: Option<i64>,
     /// `runnel.dev/savepoint` annotation value already served (the
     /// annotation is being removed); the same value never triggers twice.
     #[serde(default, skip_serializing_if = "Option::is_none")]

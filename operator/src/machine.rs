@@ -403,6 +403,8 @@ fn track_savepoint(c: &mut Ctx<'_>) {
         }),
         SpProgress::Completed(path) => {
             c.st.savepoint_in_progress = None;
+            c.st.savepoint_failures = 0;
+            c.st.last_savepoint_failure_ms = None;
             c.st.savepoint_history.push(SavepointRecord {
                 path: path.clone(),
                 time_ms: c.now(),
@@ -428,6 +430,8 @@ fn track_savepoint(c: &mut Ctx<'_>) {
         }
         SpProgress::Failed(reason) => {
             c.st.savepoint_in_progress = None;
+            c.st.savepoint_failures = c.st.savepoint_failures.saturating_add(1);
+            c.st.last_savepoint_failure_ms = Some(c.now());
             c.st.error = Some(format!("savepoint failed: {reason}"));
             c.event(
                 true,
@@ -498,6 +502,15 @@ fn savepoint_target(dir: &str, key: &str, seq: u64) -> String {
     format!("{}/{key}-{seq}{query}", path.trim_end_matches('/'))
 }
 
+/// How long after the `failures`-th failed savepoint in a row the next one
+/// may be triggered: 10 s, doubling, at most 5 min.
+pub fn savepoint_backoff_ms(failures: u32) -> i64 {
+    if failures == 0 {
+        return 0;
+    }
+    (10_000i64 << (failures - 1).min(5)).min(300_000)
+}
+
 fn begin_savepoint(c: &mut Ctx<'_>, trigger: SavepointTrigger, stop: bool) -> bool {
     let (Some(dir), Some(deploy_id)) = (
         c.input.spec.savepoints.directory.clone(),
@@ -505,6 +518,20 @@ fn begin_savepoint(c: &mut Ctx<'_>, trigger: SavepointTrigger, stop: bool) -> bo
     ) else {
         return false;
     };
+    if let Some(at) = c.st.last_savepoint_failure_ms {
+        let retry_at = at + savepoint_backoff_ms(c.st.savepoint_failures);
+        if c.now() < retry_at {
+            c.waiting = Some((
+                "SavepointBackoff".into(),
+                format!(
+                    "{} savepoint(s) failed in a row; the next is triggered in {} s",
+                    c.st.savepoint_failures,
+                    (retry_at - c.now() + 999) / 1000
+                ),
+            ));
+            return false;
+        }
+    }
     c.st.savepoint_seq += 1;
     let target = savepoint_target(&dir, c.input.key, c.st.savepoint_seq);
     c.st.savepoint_in_progress = Some(SavepointInProgress {
@@ -1154,7 +1181,10 @@ fn finish(c: &mut Ctx<'_>) {
 mod tests {
     #[test]
     fn savepoint_targets_keep_the_uri_query_last() {
-        assert_eq!(super::savepoint_target("s3://b/sp/", "ns-a", 3), "s3://b/sp/ns-a-3");
+        assert_eq!(
+            super::savepoint_target("s3://b/sp/", "ns-a", 3),
+            "s3://b/sp/ns-a-3"
+        );
         assert_eq!(
             super::savepoint_target("s3://b/sp?endpoint=http://h:1&path_style=true", "ns-a", 3),
             "s3://b/sp/ns-a-3?endpoint=http://h:1&path_style=true"

@@ -63,6 +63,8 @@ struct Sim {
     events: Vec<String>,
     /// Checkpoint ids written to storage (for last-state).
     checkpoints: u64,
+    /// Every savepoint the runtime takes fails (e.g. the store is down).
+    savepoints_fail: bool,
 }
 
 fn job() -> serde_json::Value {
@@ -108,6 +110,7 @@ impl Sim {
             deleted_files: vec![],
             events: vec![],
             checkpoints: 0,
+            savepoints_fail: false,
         }
     }
 
@@ -141,6 +144,7 @@ impl Sim {
             let rt = self.pods.get(&sp.deploy_id)?.rt.as_ref()?;
             Some(match rt.triggers.get(tid) {
                 None => TriggerObs::Unknown,
+                Some(_) if self.savepoints_fail => TriggerObs::Failed("storage unreachable".into()),
                 Some(target) => match rt
                     .completed
                     .iter()
@@ -172,6 +176,7 @@ impl Sim {
     fn tick(&mut self) {
         self.now += STEP_MS;
         let health = self.health;
+        let savepoints_fail = self.savepoints_fail;
         for (id, p) in self.pods.iter_mut() {
             match p.phase {
                 PodPhase::Pending => {
@@ -193,6 +198,10 @@ impl Sim {
                     let Some(rt) = p.rt.as_mut() else { continue };
                     let done: Vec<_> = std::mem::take(&mut rt.in_progress);
                     for (c, stop) in done {
+                        if savepoints_fail {
+                            // Failed: never completes, the job keeps running.
+                            continue;
+                        }
                         rt.completed.push(CheckpointInfo {
                             id: c.id,
                             kind: c.kind,
@@ -957,4 +966,50 @@ fn final_savepoint_on_delete_then_the_finalizer_goes() {
     let d = decide_deleting(&n);
     assert!(d.actions.contains(&Action::RemoveFinalizer));
     assert!(n.accepted.is_empty());
+}
+
+/// A savepoint that keeps failing during a savepoint-mode upgrade is retried
+/// with back-off (10 s, 20 s, 40 s, ...), not in a hot loop; once savepoints
+/// work again the upgrade completes through one.
+#[test]
+fn failing_upgrade_savepoints_back_off_then_the_upgrade_completes() {
+    let mut s = running(UpgradeMode::Savepoint);
+    let before = s.stop_triggers();
+    s.savepoints_fail = true;
+    change_parallelism(&mut s);
+    s.settle(); // 60 simulated seconds
+    let tries = s.stop_triggers() - before;
+    // t = 0, 10, 30 s (and never more than one per back-off period).
+    assert!(
+        (2..=4).contains(&tries),
+        "{tries} triggers in 60 s; events {:?}; status {:?}",
+        s.events,
+        s.status.conditions
+    );
+    assert!(s.status.savepoint_failures >= 2);
+    assert!(
+        s.status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("savepoint failed: storage unreachable")),
+        "{:?}",
+        s.status.error
+    );
+    assert!(s.events.iter().any(|e| e == "SavepointFailed"));
+    assert_eq!(runnel_operator::machine::savepoint_backoff_ms(1), 10_000);
+    assert_eq!(runnel_operator::machine::savepoint_backoff_ms(3), 40_000);
+    assert_eq!(runnel_operator::machine::savepoint_backoff_ms(30), 300_000);
+    // Savepoints work again: the upgrade goes through one.
+    s.savepoints_fail = false;
+    for _ in 0..4 {
+        s.settle();
+    }
+    assert_eq!(s.status.savepoint_failures, 0);
+    assert!(
+        s.deploys
+            .iter()
+            .any(|(_, g, r)| *g == s.generation && matches!(r, Restore::Savepoint(_))),
+        "{:?}",
+        s.deploys
+    );
 }
