@@ -400,10 +400,11 @@ mod tests {
         j["spec"]["parallelism"] = json!("two");
         j["spec"]["upgradeMode"] = json!("sideways");
         j["spec"]["bogus"] = json!(1);
-        j["spec"].as_object_mut().unwrap().remove("image");
+        // `job` is required (`image` is not: the operator has a default).
+        j["spec"].as_object_mut().unwrap().remove("job");
         let (e, _) = validate(&mut j.clone(), &schema(), FieldValidation::Strict, false);
         let fields: Vec<&str> = e.iter().map(|(f, _)| f.as_str()).collect();
-        assert!(fields.contains(&"spec.image"), "{e:?}");
+        assert!(fields.contains(&"spec.job"), "{e:?}");
         assert!(fields.contains(&"spec.parallelism"), "{e:?}");
         assert!(fields.contains(&"spec.upgradeMode"), "{e:?}");
         assert!(fields.contains(&"spec.bogus"), "{e:?}");
