@@ -171,9 +171,24 @@ pub fn validate(spec: &StreamJobSpec) -> Result<(), String> {
     if spec.parallelism == Some(0) {
         return Err("spec.parallelism: must be at least 1".into());
     }
-    runnel_spec::from_value(crate::render::effective_job(spec), "spec.job")
-        .map(|_| ())
+    let job = runnel_spec::from_value(crate::render::effective_job(spec), "spec.job")
         .map_err(|e| runnel_spec::format_errors(&e))?;
+    // CEL syntax, checked here so that a typo is a ValidationFailed status
+    // and not a runtime pod that fails at start until the operator gives up.
+    // (Field references and types are the runtime's to check: it knows the
+    // record shapes.)
+    let errors: Vec<runnel_spec::SpecError> = job
+        .expressions(&runnel_spec::Path::root("spec.job"))
+        .into_iter()
+        .filter_map(|(p, src)| {
+            cel::Program::compile(src.trim())
+                .err()
+                .map(|e| p.err(format!("invalid CEL: {}", e.to_string().trim())))
+        })
+        .collect();
+    if !errors.is_empty() {
+        return Err(runnel_spec::format_errors(&errors));
+    }
     if spec.savepoints.directory.is_none()
         && (spec.upgrade_mode == UpgradeMode::Savepoint
             || spec.savepoint_trigger_nonce.is_some()

@@ -1013,3 +1013,28 @@ fn failing_upgrade_savepoints_back_off_then_the_upgrade_completes() {
         s.deploys
     );
 }
+
+/// A CEL typo is caught by the operator's validation, with its path, for
+/// every expression at once, and a valid job still passes.
+#[test]
+fn invalid_cel_is_a_validation_error_with_its_path() {
+    let mut s = spec(UpgradeMode::Savepoint);
+    s.job["steps"] = serde_json::json!([
+        { "filter": "n % 2 == 0" },
+        { "map": { "fields": { "m": "n +", "k": "n * 2" } } },
+        { "dedup": { "key": "m ==", "ttl": "1m" } }
+    ]);
+    let e = runnel_operator::machine::validate(&s).unwrap_err();
+    assert!(
+        e.contains("spec.job.steps[1].map.fields.m: invalid CEL"),
+        "{e}"
+    );
+    assert!(
+        e.contains("spec.job.steps[2].dedup.key: invalid CEL"),
+        "{e}"
+    );
+    assert!(!e.contains("steps[0]") && !e.contains("fields.k"), "{e}");
+    s.job["steps"][1]["map"]["fields"]["m"] = serde_json::json!("n + 1");
+    s.job["steps"][2]["dedup"]["key"] = serde_json::json!("m == 1");
+    runnel_operator::machine::validate(&s).unwrap();
+}

@@ -442,6 +442,53 @@ impl KafkaCredentialsSpec {
 }
 
 impl JobSpec {
+    /// Every CEL expression in the job, with its path under `root`, so that
+    /// a consumer with a CEL compiler (the runtime, the operator) can check
+    /// them all and report each failure where it is written.
+    pub fn expressions(&self, root: &crate::Path) -> Vec<(crate::Path, &str)> {
+        let mut v: Vec<(crate::Path, &str)> = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if let Some(t) = s.watermark.as_ref().and_then(|w| w.timestamp.as_deref()) {
+                let p = root.field("sources").index(i).field("watermark");
+                v.push((p.field("timestamp"), t));
+            }
+        }
+        for (i, st) in self.steps.iter().enumerate() {
+            let p = root.field("steps").index(i);
+            if let Some(f) = &st.filter {
+                v.push((p.field("filter"), f));
+            }
+            if let Some(m) = &st.map {
+                for (name, e) in &m.fields {
+                    v.push((p.field("map").field("fields").field(name), e));
+                }
+            }
+            if let Some(k) = &st.key_by {
+                v.push((p.field("keyBy"), k));
+            }
+            if let Some(f) = &st.flat_map {
+                v.push((p.field("flatMap").field("expr"), &f.expr));
+            }
+            if let Some(w) = &st.window {
+                for (name, a) in &w.aggregates {
+                    if let Some(of) = &a.of {
+                        let ap = p.field("window").field("aggregates").field(name);
+                        v.push((ap.field("of"), of));
+                    }
+                }
+            }
+            if let Some(d) = &st.dedup {
+                v.push((p.field("dedup").field("key"), &d.key));
+            }
+        }
+        for (i, s) in self.sinks.iter().enumerate() {
+            if let Some(k) = s.kafka.as_ref().and_then(|k| k.key.as_deref()) {
+                v.push((root.field("sinks").index(i).field("kafka").field("key"), k));
+            }
+        }
+        v
+    }
+
     /// Every Secret key the job's connectors name (the operator mounts them).
     pub fn secret_refs(&self) -> Vec<&SecretKeyRef> {
         let sources = self
