@@ -219,6 +219,9 @@ fn suspend_then_resume_from_the_suspend_savepoint() {
     assert_eq!(s["status"]["deployment"]["restore"]["path"], h[0]["path"]);
     let pods = st.pods("walk");
     assert_eq!(pods.len(), 1);
+    // A new deployment id, never deployment 1 again.
+    assert_eq!(s["status"]["deployment"]["deployId"], 2);
+    assert_eq!(pods[0]["metadata"]["name"], "walk-2");
     assert_eq!(
         pods[0]["metadata"]["annotations"]["runnel.dev/restore"],
         serde_json::to_string(&s["status"]["deployment"]["restore"]).unwrap()

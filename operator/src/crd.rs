@@ -469,6 +469,13 @@ pub struct StreamJobStatus {
     /// Counter for unique savepoint directories.
     #[serde(default)]
     pub savepoint_seq: u64,
+    /// The highest deployment id ever used. `deployment` is cleared on
+    /// suspend, and pods are gone by then, so without this a resumed job
+    /// would reuse deployment 1: its pod and ConfigMap names could collide
+    /// with a still-terminating old pod, and logs and Events would be
+    /// ambiguous across the job's life.
+    #[serde(default)]
+    pub deploy_seq: u64,
     /// Savepoints that failed in a row. The next trigger waits
     /// `10 s * 2^(n-1)` (at most 5 min) after the last failure, so an
     /// unreachable store or a broken job is not hammered with triggers.

@@ -517,6 +517,20 @@ fn savepoint_target(dir: &str, key: &str, seq: u64) -> String {
     format!("{}/{key}-{seq}{query}", path.trim_end_matches('/'))
 }
 
+/// The id of the next deployment: above every id the status ever recorded
+/// (`deploySeq`, kept across suspend) and above any pod still around (a
+/// status written by an older operator has no `deploySeq`).
+pub fn next_deploy_id(
+    deploy_seq: u64,
+    current: Option<u64>,
+    pods: impl IntoIterator<Item = u64>,
+) -> u64 {
+    pods.into_iter()
+        .chain(current)
+        .fold(deploy_seq, u64::max)
+        .saturating_add(1)
+}
+
 /// How long after the `failures`-th failed savepoint in a row the next one
 /// may be triggered: 10 s, doubling, at most 5 min.
 pub fn savepoint_backoff_ms(failures: u32) -> i64 {
@@ -844,15 +858,12 @@ fn advance_operation(c: &mut Ctx<'_>) {
                 c.st.error = Some("no spec to deploy".into());
                 return;
             };
-            let deploy_id = c.st.deployment.as_ref().map_or(0, |d| d.deploy_id).max(
-                c.input
-                    .world
-                    .pods
-                    .iter()
-                    .map(|p| p.deploy_id)
-                    .max()
-                    .unwrap_or(0),
-            ) + 1;
+            let deploy_id = next_deploy_id(
+                c.st.deploy_seq,
+                c.st.deployment.as_ref().map(|d| d.deploy_id),
+                c.input.world.pods.iter().map(|p| p.deploy_id),
+            );
+            c.st.deploy_seq = deploy_id;
             let spec_generation = if rollback {
                 c.st.last_stable_generation.unwrap_or(op.target_generation)
             } else {
@@ -1204,5 +1215,19 @@ mod tests {
             super::savepoint_target("s3://b/sp?endpoint=http://h:1&path_style=true", "ns-a", 3),
             "s3://b/sp/ns-a-3?endpoint=http://h:1&path_style=true"
         );
+    }
+
+    #[test]
+    fn deploy_ids_never_repeat() {
+        use super::next_deploy_id;
+        // Fresh job.
+        assert_eq!(next_deploy_id(0, None, []), 1);
+        // Resumed after suspend: no deployment, no pods, the seq remembers.
+        assert_eq!(next_deploy_id(4, None, []), 5);
+        // A status from an operator that had no seq: pods and the current
+        // deployment still count.
+        assert_eq!(next_deploy_id(0, Some(3), [2, 7]), 8);
+        assert_eq!(next_deploy_id(9, Some(3), [2, 7]), 10);
+        assert_eq!(next_deploy_id(u64::MAX, None, []), u64::MAX);
     }
 }

@@ -530,6 +530,12 @@ fn suspend_and_resume_survive_a_crash_at_every_step() {
             |s, when| {
                 assert_eq!(s.final_restore(), Restore::Savepoint(sp.clone()), "{when}");
                 assert_eq!(s.deploys.len(), 2, "{when}");
+                // The resumed deployment gets a new id, never deployment 1
+                // again, although suspend cleared `deployment`.
+                let ids: Vec<u64> = s.deploys.iter().map(|d| d.0).collect();
+                assert_eq!(ids, [1, 2], "{when}");
+                assert_eq!(s.status.deploy_seq, 2, "{when}");
+                assert_eq!(s.current(), Some(2), "{when}");
                 assert_eq!(s.stop_triggers(), 1, "{when}: resuming takes no savepoint");
                 assert_eq!(s.status.lifecycle_state, LifecycleState::Running, "{when}");
             },
