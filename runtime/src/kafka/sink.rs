@@ -92,6 +92,23 @@ struct EosRuntime {
     pending: Vec<PendingEpoch>,
     /// Looks up partitions and end offsets when an epoch is sealed.
     meta: BaseConsumer,
+    /// Restored epochs not yet recovered, with the producers (their ids
+    /// already initialised, so no dead transaction of ours blocks anyone)
+    /// that commit them. Recovery runs on the task thread, at the first call
+    /// after `initialize_state`, not inside it: the executor opens subtasks
+    /// one after another, and a subtask waiting in its read-back for the
+    /// last stable offset to pass another subtask's dead transaction would
+    /// otherwise keep that subtask from ever being opened and ending it.
+    recovery: Option<Recovery>,
+}
+
+/// A transactional producer and its delivery tracker.
+type TxnProducer = (ThreadedProducer<TrackedContext>, Arc<DeliveryTracker>);
+
+struct Recovery {
+    owned: Vec<SinkTxnState>,
+    /// The producers of the taken-over ids, by old subtask index.
+    others: Vec<(u32, TxnProducer)>,
 }
 
 impl<T: 'static> KafkaSink<T> {
@@ -163,10 +180,7 @@ fn record<'a>(topic: &'a str, r: &'a OutRecord) -> BaseRecord<'a, [u8], [u8]> {
     b
 }
 
-fn txn_producer(
-    cfg: &KafkaSinkConfig,
-    txn_id: &str,
-) -> Result<(ThreadedProducer<TrackedContext>, Arc<DeliveryTracker>), KafkaError> {
+fn txn_producer(cfg: &KafkaSinkConfig, txn_id: &str) -> Result<TxnProducer, KafkaError> {
     let timeout = cfg.transaction_timeout.as_millis().to_string();
     let (p, t) = plain_producer(
         &cfg.bootstrap_servers,
@@ -473,27 +487,62 @@ impl<T: Send + 'static> KafkaSink<T> {
         let owned = eos::owned(&restored, subtask, parallelism);
         // First end every transactional id this subtask is responsible for,
         // so that no lingering transaction of ours holds back read_committed
-        // readers (including the read-back below, of this and other subtasks).
+        // readers (including the read-backs of this and other subtasks,
+        // which come later, on the task threads: see `Recovery`).
         let (producer, tracker) = txn_producer(&cfg, &eos::transactional_id(&prefix, subtask))?;
         let mut others = Vec::new();
         for o in &owned {
             if o.subtask != subtask {
                 let id = eos::transactional_id(&prefix, o.subtask);
-                others.push((o, txn_producer(&cfg, &id)?));
+                others.push((o.subtask, txn_producer(&cfg, &id)?));
             }
         }
-        for o in &owned {
+        let recovery = owned
+            .iter()
+            .any(|o| !o.epochs.is_empty())
+            .then(|| Recovery {
+                owned: owned.to_vec(),
+                others,
+            });
+        let meta = client::lookup_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
+        self.rt = Some(Runtime::Exactly(Box::new(EosRuntime {
+            producer,
+            tracker,
+            state,
+            subtask,
+            current: Vec::new(),
+            pending: Vec::new(),
+            meta,
+            recovery,
+        })));
+        Ok(())
+    }
+}
+
+impl<T> KafkaSink<T> {
+    /// Commits the restored epochs' output that is not yet visible (once,
+    /// before anything else this attempt writes or checkpoints).
+    fn recover(&mut self) -> Result<(), KafkaError> {
+        let cfg = self.config.clone();
+        let Some(Runtime::Exactly(rt)) = self.rt.as_mut() else {
+            return Ok(());
+        };
+        let Some(recovery) = rt.recovery.as_ref() else {
+            return Ok(());
+        };
+        let subtask = rt.subtask;
+        for o in &recovery.owned {
             if o.epochs.is_empty() {
                 continue;
             }
             let seen = visible_markers(&cfg, &o.epochs)?;
             let missing = eos::missing(&o.epochs, &seen);
             let (p, t) = if o.subtask == subtask {
-                (&producer, &tracker)
+                (&rt.producer, &rt.tracker)
             } else {
-                match others.iter().find(|(x, _)| x.subtask == o.subtask) {
+                match recovery.others.iter().find(|(x, _)| *x == o.subtask) {
                     Some((_, (p, t))) => (p, t),
-                    None => (&producer, &tracker),
+                    None => (&rt.producer, &rt.tracker),
                 }
             };
             let produced = produce_transaction(&cfg, p, t, &o.epochs, Some(&missing), None)?;
@@ -513,23 +562,16 @@ impl<T: Send + 'static> KafkaSink<T> {
                 total - missing.len()
             );
         }
-        drop(others);
-        let meta = client::lookup_consumer(&cfg.bootstrap_servers, None, &cfg.properties)?;
-        self.rt = Some(Runtime::Exactly(Box::new(EosRuntime {
-            producer,
-            tracker,
-            state,
-            subtask,
-            current: Vec::new(),
-            pending: Vec::new(),
-            meta,
-        })));
+        // Only now: a failure above fails the attempt, and the restore
+        // finds the epochs in the same checkpoint's state again.
+        rt.recovery = None;
         Ok(())
     }
 }
 
 impl<T> CheckpointListener for KafkaSink<T> {
     fn notify_checkpoint_complete(&mut self, checkpoint_id: u64) -> FnResult {
+        self.recover().map_err(user)?;
         let cfg = self.config.clone();
         let fault = self.fault.clone();
         let Some(Runtime::Exactly(rt)) = self.rt.as_mut() else {
@@ -569,6 +611,7 @@ impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
     }
 
     fn invoke(&mut self, value: T, ctx: &SinkContext) -> FnResult {
+        self.recover().map_err(user)?;
         // An unencodable record would fail again after every restart (it is
         // replayed from the checkpoint): fail the job instead of looping.
         let r = self.encode(&value, ctx.timestamp).map_err(|e| {
@@ -590,6 +633,7 @@ impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
     }
 
     fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> FnResult {
+        self.recover().map_err(user)?;
         let cfg = self.config.clone();
         match self.rt.as_mut() {
             None => Ok(()),
@@ -626,6 +670,7 @@ impl<T: Send + 'static> SinkFunction<T> for KafkaSink<T> {
     }
 
     fn finish(&mut self) -> FnResult {
+        self.recover().map_err(user)?;
         let cfg = self.config.clone();
         if let Some(Runtime::Plain { producer, tracker }) = self.rt.as_mut() {
             producer

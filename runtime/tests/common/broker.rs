@@ -110,7 +110,12 @@ impl Broker {
             .arg("--group-initial-rebalance-delay")
             .arg("10ms")
             .env_remove("SCHEMA_REGISTRY")
-            .env("RUST_LOG", "warn")
+            // RUNNEL_TEST_NISSHI_LOG=debug (or a filter) to debug the broker;
+            // its log is then kept (path printed when the broker stops).
+            .env(
+                "RUST_LOG",
+                std::env::var("RUNNEL_TEST_NISSHI_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
@@ -393,6 +398,12 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         self.stop();
+        if std::env::var("RUNNEL_TEST_NISSHI_LOG").is_ok() {
+            let keep = std::env::temp_dir().join(format!("nisshi-{}.log", self.port));
+            if std::fs::copy(&self.log, &keep).is_ok() {
+                eprintln!("nisshi log kept at {}", keep.display());
+            }
+        }
     }
 }
 
