@@ -2,7 +2,10 @@
 //! CEL, dynamic records) and once with the Rust API (typed tuples), same
 //! source shape, same window operator, same exactly-once file sink.
 //!
-//! cargo run --release -p runnel-runtime --example declarative_bench -- [RECORDS] [REPEAT]
+//! cargo run --release -p runnel-runtime --example declarative_bench -- [RECORDS] [REPEAT] [ONLY]
+//!
+//! ONLY (`rust` or `declarative`) runs one variant, for profiling it alone
+//! (`perf record -g`).
 
 use std::time::{Duration, Instant};
 
@@ -94,12 +97,35 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let only = std::env::args().nth(3);
+    let (run_rust, run_decl) = match only.as_deref() {
+        None => (true, true),
+        Some("rust") => (true, false),
+        Some("declarative") => (false, true),
+        Some(other) => {
+            eprintln!("unknown variant '{other}' (expected rust or declarative)");
+            std::process::exit(2);
+        }
+    };
     let (mut d, mut r) = (Vec::new(), Vec::new());
     for _ in 0..repeat {
         let dir = tempfile_dir();
-        r.push(n as f64 / rust_run(n, &dir.join("rust")).as_secs_f64());
-        d.push(n as f64 / declarative_run(n, &dir.join("decl")).as_secs_f64());
+        if run_rust {
+            r.push(n as f64 / rust_run(n, &dir.join("rust")).as_secs_f64());
+        }
+        if run_decl {
+            d.push(n as f64 / declarative_run(n, &dir.join("decl")).as_secs_f64());
+        }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    if !(run_rust && run_decl) {
+        let (name, v) = if run_rust {
+            ("rust api", r)
+        } else {
+            ("declarative", d)
+        };
+        println!("{name}: {:>12.0} records/s (median of {repeat})", median(v));
+        return;
     }
     let (rm, dm) = (median(r), median(d));
     println!(

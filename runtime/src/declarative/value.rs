@@ -178,9 +178,23 @@ impl Value {
     }
 }
 
+/// The same equality as `cmp(..) == Equal` (floats by bits, as their total
+/// order), written out because keyed state and timers compare keys on every
+/// record and the ordering path was a visible share of that.
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::UInt(a), Value::UInt(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            (Value::Map(a), Value::Map(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -261,6 +275,36 @@ mod tests {
         assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
         assert_ne!(Value::Int(1), Value::Float(1.0));
         assert!(Value::Int(1) < Value::Int(2));
+    }
+
+    #[test]
+    fn equality_agrees_with_the_order() {
+        let vals = [
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Int(-1),
+            Value::Int(1),
+            Value::UInt(1),
+            Value::Float(1.0),
+            Value::Float(-0.0),
+            Value::Float(0.0),
+            Value::Float(f64::NAN),
+            Value::Float(-f64::NAN),
+            Value::String("a".into()),
+            Value::String("b".into()),
+            Value::Bytes(vec![1]),
+            Value::List(vec![Value::Int(1)]),
+            Value::List(vec![Value::Float(f64::NAN)]),
+            record([("a", Value::Int(1))]),
+            record([("a", Value::Float(1.0))]),
+            record([("b", Value::Int(1))]),
+        ];
+        for a in &vals {
+            for b in &vals {
+                assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]
