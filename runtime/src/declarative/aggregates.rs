@@ -2,7 +2,7 @@
 //! avg, first, last and distinct count, all incremental (only accumulators are
 //! kept in state) and mergeable (session windows).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,6 +15,7 @@ use crate::error::FnResult;
 use crate::windows::{TimeWindow, WindowAggregator};
 
 use super::expr::Expr;
+use super::record::Record;
 use super::value::Value;
 
 /// The accumulator of one aggregate.
@@ -258,14 +259,14 @@ impl WindowAggregator<Value, Value> for RecordAggregator {
     }
 
     fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Vec<Acc>) -> FnResult<Value> {
-        let mut out = BTreeMap::new();
-        out.insert(WINDOW_KEY_FIELD.to_string(), key.clone());
+        let mut out = Record::with_capacity(self.defs.len() + 3);
+        out.insert(WINDOW_KEY_FIELD, key.clone());
         if let Some(w) = window {
-            out.insert(WINDOW_START_FIELD.to_string(), Value::Int(w.start));
-            out.insert(WINDOW_END_FIELD.to_string(), Value::Int(w.end));
+            out.insert(WINDOW_START_FIELD, Value::Int(w.start));
+            out.insert(WINDOW_END_FIELD, Value::Int(w.end));
         }
         for (d, a) in self.defs.iter().zip(acc) {
-            out.insert(d.name.clone(), AggregateDef::result(a));
+            out.insert(d.name.as_str(), AggregateDef::result(a));
         }
         Ok(Value::Map(out))
     }

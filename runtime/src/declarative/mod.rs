@@ -13,6 +13,7 @@ pub mod aggregates;
 pub mod builder;
 pub mod expr;
 pub mod generator;
+pub mod record;
 pub mod registry;
 pub mod sinks;
 pub mod value;
@@ -23,6 +24,7 @@ pub use registry::{
     ConnectorRegistry, CustomOperator, KafkaConnector, OperatorContext, OperatorInput,
 };
 pub use sinks::read_published;
+pub use record::Record;
 pub use value::Value;
 
 /// Loads a job file (bare spec or StreamJob) and builds it: the whole path

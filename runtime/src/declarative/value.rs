@@ -4,11 +4,12 @@
 //! key (total equality, ordering and hashing, floats by their total order).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub use super::record::Record;
 
 /// A field value or a whole record (a record is a `Map`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -22,7 +23,7 @@ pub enum Value {
     String(String),
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     List(Vec<Value>),
-    Map(BTreeMap<String, Value>),
+    Map(Record),
 }
 
 impl Value {
@@ -90,7 +91,7 @@ impl Value {
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
             serde_json::Value::Object(o) => Value::Map(
                 o.iter()
-                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .map(|(k, v)| (k.as_str(), Value::from_json(v)))
                     .collect(),
             ),
         }
@@ -114,9 +115,9 @@ impl Value {
                 Err(_) => b.iter().map(|x| serde_json::Value::from(*x)).collect(),
             },
             Value::List(l) => l.iter().map(Value::to_json).collect(),
-            Value::Map(m) => {
-                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            Value::Map(m) => serde_json::Value::Object(
+                m.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
+            ),
         }
     }
 
@@ -133,7 +134,7 @@ impl Value {
             Value::List(l) => cel::Value::List(Arc::new(l.iter().map(Value::to_cel).collect())),
             Value::Map(m) => {
                 let h: std::collections::HashMap<String, cel::Value> =
-                    m.iter().map(|(k, v)| (k.clone(), v.to_cel())).collect();
+                    m.iter().map(|(k, v)| (k.to_string(), v.to_cel())).collect();
                 h.into()
             }
         }
@@ -154,7 +155,7 @@ impl Value {
                 Value::List(l.iter().map(Value::from_cel).collect::<Result<_, _>>()?)
             }
             cel::Value::Map(m) => {
-                let mut out = BTreeMap::new();
+                let mut out = Record::with_capacity(m.map.len());
                 for (k, v) in m.map.iter() {
                     let k = match k {
                         cel::objects::Key::String(s) => s.as_str().to_string(),
@@ -248,12 +249,7 @@ impl std::fmt::Display for Value {
 
 /// Builds a record from (field, value) pairs.
 pub fn record<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::Map(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
+    Value::Map(Record::from(fields))
 }
 
 #[cfg(test)]
