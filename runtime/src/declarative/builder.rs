@@ -28,9 +28,9 @@ use crate::windows::{self, Dedup, WindowAssigner, WindowOptions};
 use super::aggregates::{AggregateDef, RecordAggregator};
 use super::expr::Expr;
 use super::generator::{ElementsSource, GeneratorSourceFn};
+use super::record::{Record, SmolStr};
 use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
 use super::sinks::{FileSink, StdoutSink};
-use super::record::{Record, SmolStr};
 use super::value::Value;
 
 /// A job built from a spec, ready to run.

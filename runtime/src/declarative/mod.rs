@@ -20,11 +20,11 @@ pub mod value;
 
 pub use builder::{BuiltJob, build, build_at, validate};
 pub use expr::Expr;
+pub use record::Record;
 pub use registry::{
     ConnectorRegistry, CustomOperator, KafkaConnector, OperatorContext, OperatorInput,
 };
 pub use sinks::read_published;
-pub use record::Record;
 pub use value::Value;
 
 /// Loads a job file (bare spec or StreamJob) and builds it: the whole path

@@ -182,7 +182,10 @@ mod tests {
                 "a-name-longer-than-twenty-three-bytes".into(),
                 Value::Float(2.5),
             ),
-            ("m".into(), Value::List(vec![Value::Null, Value::Bool(true)])),
+            (
+                "m".into(),
+                Value::List(vec![Value::Null, Value::Bool(true)]),
+            ),
             ("a".into(), Value::Int(7)), // a later duplicate wins
         ]
     }
@@ -199,7 +202,10 @@ mod tests {
         assert_eq!(r.get("nope"), None);
         let mut r2 = r.clone();
         let mut b2 = b.clone();
-        assert_eq!(r2.insert("b", Value::Null), b2.insert("b".into(), Value::Null));
+        assert_eq!(
+            r2.insert("b", Value::Null),
+            b2.insert("b".into(), Value::Null)
+        );
         assert_eq!(
             r2.insert("zeta", Value::Int(2)),
             b2.insert("zeta".into(), Value::Int(2))
@@ -222,9 +228,14 @@ mod tests {
         ];
         for x in &maps {
             for y in &maps {
-                let (rx, ry): (Record, Record) = (x.clone().into_iter().collect(), y.clone().into_iter().collect());
-                let bx: BTreeMap<String, Value> = x.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
-                let by: BTreeMap<String, Value> = y.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                let (rx, ry): (Record, Record) = (
+                    x.clone().into_iter().collect(),
+                    y.clone().into_iter().collect(),
+                );
+                let bx: BTreeMap<String, Value> =
+                    x.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+                let by: BTreeMap<String, Value> =
+                    y.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
                 assert_eq!(rx.cmp(&ry), bx.cmp(&by), "{x:?} vs {y:?}");
                 assert_eq!(rx == ry, bx == by);
             }
@@ -243,7 +254,16 @@ mod tests {
         let back: Record = postcard::from_bytes(&old).unwrap();
         assert_eq!(back, r);
         // JSON in any order, with duplicates resolved like a map.
-        let j: Record = serde_json::from_str(r#"{"b": 1, "a": 2, "b": 3}"#).unwrap();
-        assert_eq!(j, Record::from([("a", Value::Int(2)), ("b", Value::Int(3))]));
+        let text = r#"{"b": {"Int": 1}, "a": {"Int": 2}, "b": {"Int": 3}}"#;
+        let j: Record = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            j,
+            Record::from([("a", Value::Int(2)), ("b", Value::Int(3))])
+        );
+        let jb: BTreeMap<String, Value> = serde_json::from_str(text).unwrap();
+        assert_eq!(
+            postcard::to_allocvec(&j).unwrap(),
+            postcard::to_allocvec(&jb).unwrap()
+        );
     }
 }

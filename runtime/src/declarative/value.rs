@@ -116,7 +116,9 @@ impl Value {
             },
             Value::List(l) => l.iter().map(Value::to_json).collect(),
             Value::Map(m) => serde_json::Value::Object(
-                m.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect(),
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
             ),
         }
     }
