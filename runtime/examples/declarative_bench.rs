@@ -2,7 +2,14 @@
 //! CEL, dynamic records) and once with the Rust API (typed tuples), same
 //! source shape, same window operator, same exactly-once file sink.
 //!
-//! cargo run --release -p runnel-runtime --example declarative_bench -- [RECORDS] [REPEAT]
+//! cargo run --release -p runnel-runtime --example declarative_bench -- [RECORDS] [REPEAT] [ONLY]
+//!
+//! ONLY (`rust` or `declarative`) runs one variant, for profiling it alone
+//! (`perf record -g`).
+//!
+//! Besides records per second (wall clock), it prints the CPU time the process
+//! spent per record (user + system, all threads): on a shared machine the wall
+//! clock mostly measures the other processes, the CPU time much less so.
 
 use std::time::{Duration, Instant};
 
@@ -80,6 +87,28 @@ fn rust_run(n: u64, out: &std::path::Path) -> Duration {
     t.elapsed()
 }
 
+/// User + system CPU time of the whole process so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage only writes the struct we pass.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(u.ru_utime) + tv(u.ru_stime)
+}
+
+/// Runs one variant: (records/s by wall clock, CPU ns per record).
+fn measure(n: u64, run: impl FnOnce() -> Duration) -> (f64, f64) {
+    let c0 = cpu_time();
+    let wall = run();
+    let cpu = cpu_time().saturating_sub(c0);
+    (
+        n as f64 / wall.as_secs_f64(),
+        cpu.as_nanos() as f64 / n as f64,
+    )
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -94,20 +123,56 @@ fn main() {
         .nth(2)
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let (mut d, mut r) = (Vec::new(), Vec::new());
+    let only = std::env::args().nth(3);
+    let (run_rust, run_decl) = match only.as_deref() {
+        None => (true, true),
+        Some("rust") => (true, false),
+        Some("declarative") => (false, true),
+        Some(other) => {
+            eprintln!("unknown variant '{other}' (expected rust or declarative)");
+            std::process::exit(2);
+        }
+    };
+    let (mut d, mut r, mut dc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..repeat {
         let dir = tempfile_dir();
-        r.push(n as f64 / rust_run(n, &dir.join("rust")).as_secs_f64());
-        d.push(n as f64 / declarative_run(n, &dir.join("decl")).as_secs_f64());
+        if run_rust {
+            let (t, c) = measure(n, || rust_run(n, &dir.join("rust")));
+            r.push(t);
+            rc.push(c);
+        }
+        if run_decl {
+            let (t, c) = measure(n, || declarative_run(n, &dir.join("decl")));
+            d.push(t);
+            dc.push(c);
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
+    if !(run_rust && run_decl) {
+        let (name, v, c) = if run_rust {
+            ("rust api", r, rc)
+        } else {
+            ("declarative", d, dc)
+        };
+        println!(
+            "{name}: {:>12.0} records/s, {:.0} ns CPU/record (medians of {repeat})",
+            median(v),
+            median(c)
+        );
+        return;
+    }
     let (rm, dm) = (median(r), median(d));
+    let (rcm, dcm) = (median(rc), median(dc));
     println!(
         "records: {n}, keys: {KEYS}, window: {WINDOW_MS} ms tumbling event time, repeat: {repeat} (medians)"
     );
-    println!("rust api:    {:>12.0} records/s", rm);
-    println!("declarative: {:>12.0} records/s", dm);
-    println!("declarative overhead: {:.1} %", (rm / dm - 1.0) * 100.0);
+    println!("rust api:    {rm:>12.0} records/s  {rcm:>6.0} ns CPU/record");
+    println!("declarative: {dm:>12.0} records/s  {dcm:>6.0} ns CPU/record");
+    println!(
+        "declarative overhead: {:.1} % (throughput), {:.1} % (CPU per record)",
+        (rm / dm - 1.0) * 100.0,
+        (dcm / rcm - 1.0) * 100.0
+    );
 }
 
 fn tempfile_dir() -> std::path::PathBuf {

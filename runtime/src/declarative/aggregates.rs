@@ -2,11 +2,12 @@
 //! avg, first, last and distinct count, all incremental (only accumulators are
 //! kept in state) and mergeable (session windows).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use runnel_spec::AggregateOp;
 use runnel_spec::validate::{WINDOW_END_FIELD, WINDOW_KEY_FIELD, WINDOW_START_FIELD};
@@ -15,6 +16,7 @@ use crate::error::FnResult;
 use crate::windows::{TimeWindow, WindowAggregator};
 
 use super::expr::Expr;
+use super::record::Record;
 use super::value::Value;
 
 /// The accumulator of one aggregate.
@@ -35,6 +37,15 @@ pub enum Acc {
     Last(Option<(i64, Value)>),
     Distinct(BTreeSet<Value>),
 }
+
+/// The accumulators of a window step, one per aggregate, kept in window state.
+///
+/// Inline for up to two aggregates: the window operator clones the
+/// accumulator out of map state and puts it back for every record, and a
+/// `Vec` made that an allocation and a free per record. The serde form is a
+/// sequence, exactly as `Vec<Acc>` was, so window state written before still
+/// restores (see `accumulators_keep_the_vec_encoding`).
+pub type Accs = SmallVec<[Acc; 2]>;
 
 /// One named aggregate of a window step.
 #[derive(Clone, Debug)]
@@ -225,14 +236,14 @@ impl RecordAggregator {
 }
 
 impl WindowAggregator<Value, Value> for RecordAggregator {
-    type Acc = Vec<Acc>;
+    type Acc = Accs;
     type Out = Value;
 
-    fn create(&self) -> Vec<Acc> {
+    fn create(&self) -> Accs {
         self.defs.iter().map(AggregateDef::create).collect()
     }
 
-    fn add(&self, acc: &mut Vec<Acc>, value: &Value, ts: i64) -> FnResult {
+    fn add(&self, acc: &mut Accs, value: &Value, ts: i64) -> FnResult {
         for (d, a) in self.defs.iter().zip(acc.iter_mut()) {
             let v = match &d.of {
                 None => Value::Null,
@@ -251,21 +262,21 @@ impl WindowAggregator<Value, Value> for RecordAggregator {
         Ok(())
     }
 
-    fn merge(&self, into: &mut Vec<Acc>, other: Vec<Acc>) {
+    fn merge(&self, into: &mut Accs, other: Accs) {
         for (a, b) in into.iter_mut().zip(other) {
             AggregateDef::merge(a, b);
         }
     }
 
-    fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Vec<Acc>) -> FnResult<Value> {
-        let mut out = BTreeMap::new();
-        out.insert(WINDOW_KEY_FIELD.to_string(), key.clone());
+    fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Accs) -> FnResult<Value> {
+        let mut out = Record::with_capacity(self.defs.len() + 3);
+        out.insert(WINDOW_KEY_FIELD, key.clone());
         if let Some(w) = window {
-            out.insert(WINDOW_START_FIELD.to_string(), Value::Int(w.start));
-            out.insert(WINDOW_END_FIELD.to_string(), Value::Int(w.end));
+            out.insert(WINDOW_START_FIELD, Value::Int(w.start));
+            out.insert(WINDOW_END_FIELD, Value::Int(w.end));
         }
         for (d, a) in self.defs.iter().zip(acc) {
-            out.insert(d.name.clone(), AggregateDef::result(a));
+            out.insert(d.name.as_str(), AggregateDef::result(a));
         }
         Ok(Value::Map(out))
     }
@@ -327,6 +338,31 @@ mod tests {
         let mut f = Acc::First(Some((5, Value::Int(1))));
         AggregateDef::merge(&mut f, Acc::First(Some((2, Value::Int(2)))));
         assert_eq!(AggregateDef::result(&f), Value::Int(2));
+    }
+
+    /// Window state written as `Vec<Acc>` (before `Accs`) restores, and new
+    /// state is written in the same bytes.
+    #[test]
+    fn accumulators_keep_the_vec_encoding() {
+        let old: Vec<Acc> = vec![
+            Acc::Count(3),
+            Acc::SumInt(-4),
+            Acc::Min(Some(crate::declarative::value::record([(
+                "a",
+                Value::String("x".into()),
+            )]))),
+            Acc::Last(Some((9, Value::Float(1.5)))),
+            Acc::Distinct([Value::Int(1), Value::Int(2)].into_iter().collect()),
+        ];
+        let bytes = postcard::to_allocvec(&old).unwrap();
+        let new: Accs = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(new.as_slice(), old.as_slice());
+        assert_eq!(postcard::to_allocvec(&new).unwrap(), bytes);
+        let one: Accs = smallvec::smallvec![Acc::Count(7)];
+        assert_eq!(
+            postcard::to_allocvec(&one).unwrap(),
+            postcard::to_allocvec(&vec![Acc::Count(7)]).unwrap()
+        );
     }
 
     #[test]

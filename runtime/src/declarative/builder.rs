@@ -28,6 +28,7 @@ use crate::windows::{self, Dedup, WindowAssigner, WindowOptions};
 use super::aggregates::{AggregateDef, RecordAggregator};
 use super::expr::Expr;
 use super::generator::{ElementsSource, GeneratorSourceFn};
+use super::record::{Record, SmolStr};
 use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
 use super::sinks::{FileSink, StdoutSink};
 use super::value::Value;
@@ -529,12 +530,15 @@ impl Builder<'_> {
             let keep = m.keep;
             let out = match stream {
                 Some(d) if ok => {
-                    let exprs: Arc<[(String, Expr)]> = exprs.into();
+                    let exprs: Arc<[(SmolStr, Expr)]> = exprs
+                        .into_iter()
+                        .map(|(n, e)| (SmolStr::from(n), e))
+                        .collect();
                     let dropped = Dropped::new(uid);
                     Some(set_par(d.flat_map(move |v: Value, c| {
                         let mut out = match (&v, keep) {
                             (Value::Map(m), true) => m.clone(),
-                            _ => BTreeMap::new(),
+                            _ => Record::with_capacity(exprs.len()),
                         };
                         for (name, e) in exprs.iter() {
                             match e.eval(&v) {
@@ -569,6 +573,7 @@ impl Builder<'_> {
                 );
             }
             let as_field = f.as_field.clone();
+            let as_name = as_field.as_deref().map(SmolStr::from);
             let out_known = match (&as_field, known) {
                 (Some(a), Some(mut k)) => {
                     k.insert(a.clone(), None);
@@ -582,7 +587,7 @@ impl Builder<'_> {
                     Some(set_par(d.flat_map(move |v: Value, c| match e.eval(&v) {
                         Ok(Value::List(items)) => {
                             for item in items {
-                                match (&as_field, &v, item) {
+                                match (&as_name, &v, item) {
                                     (Some(a), Value::Map(m), item) => {
                                         let mut m = m.clone();
                                         m.insert(a.clone(), item);

@@ -2,7 +2,6 @@
 //! spec), so a restore replays exactly the same records. Subtask s of p
 //! generates i = k * p + s; the position k is checkpointed.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +13,7 @@ use crate::functions::{
 };
 use crate::state::operator::{OperatorListState, OperatorListStateDescriptor};
 
+use super::record::{Record, SmolStr};
 use super::value::Value;
 
 /// SplitMix64: a well-mixed hash of (seed, i), so "random" fields are
@@ -57,7 +57,8 @@ enum Field {
 #[derive(Clone, Debug)]
 pub struct RecordGenerator {
     keys: u64,
-    fields: Vec<(String, Field)>,
+    /// In name order (the spec's map), so records are built without sorting.
+    fields: Vec<(SmolStr, Field)>,
     event_time: Option<(i64, i64)>,
 }
 
@@ -95,7 +96,7 @@ impl RecordGenerator {
                         step: *step_ms,
                     },
                 };
-                (name.clone(), f)
+                (SmolStr::from(name.as_str()), f)
             })
             .collect();
         RecordGenerator {
@@ -106,7 +107,7 @@ impl RecordGenerator {
     }
 
     pub fn record(&self, i: u64) -> Value {
-        let mut m = BTreeMap::new();
+        let mut m = Record::with_capacity(self.fields.len());
         for (name, f) in &self.fields {
             let v = match f {
                 Field::Key { prefix: None } => Value::Int((i % self.keys) as i64),

@@ -13,12 +13,14 @@ pub mod aggregates;
 pub mod builder;
 pub mod expr;
 pub mod generator;
+pub mod record;
 pub mod registry;
 pub mod sinks;
 pub mod value;
 
 pub use builder::{BuiltJob, build, build_at, validate};
 pub use expr::Expr;
+pub use record::Record;
 pub use registry::{
     ConnectorRegistry, CustomOperator, KafkaConnector, OperatorContext, OperatorInput,
 };

@@ -4,11 +4,12 @@
 //! key (total equality, ordering and hashing, floats by their total order).
 
 use std::cmp::Ordering;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub use super::record::Record;
 
 /// A field value or a whole record (a record is a `Map`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -22,7 +23,7 @@ pub enum Value {
     String(String),
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
     List(Vec<Value>),
-    Map(BTreeMap<String, Value>),
+    Map(Record),
 }
 
 impl Value {
@@ -90,7 +91,7 @@ impl Value {
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from_json).collect()),
             serde_json::Value::Object(o) => Value::Map(
                 o.iter()
-                    .map(|(k, v)| (k.clone(), Value::from_json(v)))
+                    .map(|(k, v)| (k.as_str(), Value::from_json(v)))
                     .collect(),
             ),
         }
@@ -114,9 +115,11 @@ impl Value {
                 Err(_) => b.iter().map(|x| serde_json::Value::from(*x)).collect(),
             },
             Value::List(l) => l.iter().map(Value::to_json).collect(),
-            Value::Map(m) => {
-                serde_json::Value::Object(m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())
-            }
+            Value::Map(m) => serde_json::Value::Object(
+                m.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_json()))
+                    .collect(),
+            ),
         }
     }
 
@@ -133,7 +136,7 @@ impl Value {
             Value::List(l) => cel::Value::List(Arc::new(l.iter().map(Value::to_cel).collect())),
             Value::Map(m) => {
                 let h: std::collections::HashMap<String, cel::Value> =
-                    m.iter().map(|(k, v)| (k.clone(), v.to_cel())).collect();
+                    m.iter().map(|(k, v)| (k.to_string(), v.to_cel())).collect();
                 h.into()
             }
         }
@@ -154,7 +157,7 @@ impl Value {
                 Value::List(l.iter().map(Value::from_cel).collect::<Result<_, _>>()?)
             }
             cel::Value::Map(m) => {
-                let mut out = BTreeMap::new();
+                let mut out = Record::with_capacity(m.map.len());
                 for (k, v) in m.map.iter() {
                     let k = match k {
                         cel::objects::Key::String(s) => s.as_str().to_string(),
@@ -178,9 +181,23 @@ impl Value {
     }
 }
 
+/// The same equality as `cmp(..) == Equal` (floats by bits, as their total
+/// order), written out because keyed state and timers compare keys on every
+/// record and the ordering path was a visible share of that.
 impl PartialEq for Value {
     fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+        match (self, other) {
+            (Value::Null, Value::Null) => true,
+            (Value::Bool(a), Value::Bool(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (Value::UInt(a), Value::UInt(b)) => a == b,
+            (Value::Float(a), Value::Float(b)) => a.to_bits() == b.to_bits(),
+            (Value::String(a), Value::String(b)) => a == b,
+            (Value::Bytes(a), Value::Bytes(b)) => a == b,
+            (Value::List(a), Value::List(b)) => a == b,
+            (Value::Map(a), Value::Map(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
@@ -234,12 +251,7 @@ impl std::fmt::Display for Value {
 
 /// Builds a record from (field, value) pairs.
 pub fn record<const N: usize>(fields: [(&str, Value); N]) -> Value {
-    Value::Map(
-        fields
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect(),
-    )
+    Value::Map(Record::from(fields))
 }
 
 #[cfg(test)]
@@ -261,6 +273,36 @@ mod tests {
         assert_eq!(Value::Float(f64::NAN), Value::Float(f64::NAN));
         assert_ne!(Value::Int(1), Value::Float(1.0));
         assert!(Value::Int(1) < Value::Int(2));
+    }
+
+    #[test]
+    fn equality_agrees_with_the_order() {
+        let vals = [
+            Value::Null,
+            Value::Bool(false),
+            Value::Bool(true),
+            Value::Int(-1),
+            Value::Int(1),
+            Value::UInt(1),
+            Value::Float(1.0),
+            Value::Float(-0.0),
+            Value::Float(0.0),
+            Value::Float(f64::NAN),
+            Value::Float(-f64::NAN),
+            Value::String("a".into()),
+            Value::String("b".into()),
+            Value::Bytes(vec![1]),
+            Value::List(vec![Value::Int(1)]),
+            Value::List(vec![Value::Float(f64::NAN)]),
+            record([("a", Value::Int(1))]),
+            record([("a", Value::Float(1.0))]),
+            record([("b", Value::Int(1))]),
+        ];
+        for a in &vals {
+            for b in &vals {
+                assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+            }
+        }
     }
 
     #[test]

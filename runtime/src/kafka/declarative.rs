@@ -28,7 +28,7 @@ use super::config::{
 };
 use super::format::{Avro, Deserializer, RecordView, Serializer};
 use super::{KafkaSink, KafkaSource, KafkaWatermarks};
-use crate::declarative::{Expr, KafkaConnector, Value};
+use crate::declarative::{Expr, KafkaConnector, Record, Value};
 use crate::graph::{DataStream, StreamEnv};
 use crate::watermark::WatermarkStrategy;
 
@@ -127,7 +127,7 @@ impl Codec {
 fn as_record(v: Value) -> Value {
     match v {
         Value::Map(_) => v,
-        other => Value::Map(BTreeMap::from([(VALUE_FIELD.to_string(), other)])),
+        other => Value::Map(Record::from([(VALUE_FIELD, other)])),
     }
 }
 

@@ -46,31 +46,61 @@ pub enum WindowAssigner {
 impl WindowAssigner {
     /// The windows `ts` belongs to, oldest first (none for count windows).
     pub fn assign(&self, ts: i64) -> Vec<TimeWindow> {
+        self.windows(ts).collect()
+    }
+
+    /// The same windows as [`assign`](Self::assign), without allocating for
+    /// tumbling and session windows: the window operator calls this once per
+    /// record, and a heap allocation there was a measurable share of a keyed
+    /// window count.
+    pub fn windows(&self, ts: i64) -> Windows {
         match *self {
             WindowAssigner::Tumbling { size_ms } => {
                 let start = window_start(ts, size_ms);
-                vec![TimeWindow::new(start, start.saturating_add(size_ms))]
-            }
-            WindowAssigner::Sliding { size_ms, slide_ms } => {
-                let last = window_start(ts, slide_ms);
-                let mut out = Vec::new();
-                let mut start = last;
-                while start > ts.saturating_sub(size_ms) {
-                    out.push(TimeWindow::new(start, start.saturating_add(size_ms)));
-                    start = start.saturating_sub(slide_ms);
-                }
-                out.reverse();
-                out
+                Windows::One(Some(TimeWindow::new(start, start.saturating_add(size_ms))))
             }
             WindowAssigner::Session { gap_ms } => {
-                vec![TimeWindow::new(ts, ts.saturating_add(gap_ms))]
+                Windows::One(Some(TimeWindow::new(ts, ts.saturating_add(gap_ms))))
             }
-            WindowAssigner::Count { .. } => Vec::new(),
+            WindowAssigner::Sliding { size_ms, slide_ms } => {
+                Windows::Many(sliding_windows(ts, size_ms, slide_ms).into_iter())
+            }
+            WindowAssigner::Count { .. } => Windows::One(None),
         }
     }
 
     pub fn is_session(&self) -> bool {
         matches!(self, WindowAssigner::Session { .. })
+    }
+}
+
+/// The sliding windows of `ts`, oldest first.
+fn sliding_windows(ts: i64, size_ms: i64, slide_ms: i64) -> Vec<TimeWindow> {
+    let last = window_start(ts, slide_ms);
+    let mut out = Vec::new();
+    let mut start = last;
+    while start > ts.saturating_sub(size_ms) {
+        out.push(TimeWindow::new(start, start.saturating_add(size_ms)));
+        start = start.saturating_sub(slide_ms);
+    }
+    out.reverse();
+    out
+}
+
+/// The windows of one timestamp, oldest first (see [`WindowAssigner::windows`]).
+#[derive(Debug)]
+pub enum Windows {
+    One(Option<TimeWindow>),
+    Many(std::vec::IntoIter<TimeWindow>),
+}
+
+impl Iterator for Windows {
+    type Item = TimeWindow;
+    fn next(&mut self) -> Option<TimeWindow> {
+        match self {
+            Windows::One(w) => w.take(),
+            Windows::Many(it) => it.next(),
+        }
     }
 }
 

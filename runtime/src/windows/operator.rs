@@ -97,6 +97,21 @@ impl<K, In, A: WindowAggregator<K, In>> WindowOperator<K, In, A> {
 
 impl<K, In, A: WindowAggregator<K, In>> CheckpointListener for WindowOperator<K, In, A> {}
 
+/// Whether adding a record to a window must (re-)register its timers.
+///
+/// A window that already had state got its timers when its first record
+/// arrived: the firing timer (unless it had fired already) and the cleanup
+/// timer. Both stay until they fire, and firing the cleanup timer removes the
+/// state, so while the state exists they exist. Registering them again for
+/// every record cost a timer-queue lookup plus hashing and cloning the key
+/// per record (see `docs/benchmarks.md`, declarative section). The exception is a window that the watermark has passed
+/// since (a late firing): its firing timer is gone and must not come back, so
+/// only the cleanup timer is re-registered then, as before. Session windows
+/// always register (a merged window is a new window).
+pub(crate) fn timers_needed(had_state: bool, fired: bool) -> bool {
+    !had_state || fired
+}
+
 fn not_initialized() -> UserError {
     UserError::msg("window state is not initialized")
 }
@@ -152,19 +167,31 @@ where
     }
 
     /// Adds a record to window `w` (already known not to be late).
-    fn add_to(&self, ctx: &mut Ctx<'_, '_, K, A::Out, In>, w: TimeWindow, acc: A::Acc) -> FnResult {
+    /// `had_state`: the window already had an accumulator before this record,
+    /// so its timers are registered already (see [`timers_needed`]).
+    fn add_to(
+        &self,
+        ctx: &mut Ctx<'_, '_, K, A::Out, In>,
+        w: TimeWindow,
+        acc: A::Acc,
+        had_state: bool,
+    ) -> FnResult {
         let state = self.windows.as_ref().ok_or_else(not_initialized)?;
         let now = self.now(ctx);
-        if w.max_timestamp() <= now && self.opts.time == TimeDomain::EventTime {
+        let fired = w.max_timestamp() <= now && self.opts.time == TimeDomain::EventTime;
+        if fired {
             // Late but within the allowed lateness: the window already fired,
             // so fire again with the updated result (Flink's late firing).
             self.emit(ctx, Some(w), &acc)?;
-        } else {
-            self.register(ctx, w.max_timestamp());
         }
-        let lateness = self.lateness();
-        if lateness > 0 {
-            self.register(ctx, cleanup_time(&w, lateness));
+        if timers_needed(had_state, fired) {
+            if !fired {
+                self.register(ctx, w.max_timestamp());
+            }
+            let lateness = self.lateness();
+            if lateness > 0 {
+                self.register(ctx, cleanup_time(&w, lateness));
+            }
         }
         state.put(ctx, w, acc)
     }
@@ -252,20 +279,20 @@ where
                 }
             }
             self.agg.add(&mut acc, &value, ts)?;
-            return self.add_to(ctx, merged, acc);
+            return self.add_to(ctx, merged, acc, false);
         }
         let mut accepted = false;
-        for w in self.opts.assigner.assign(ts) {
+        for w in self.opts.assigner.windows(ts) {
             if event && is_late(&w, lateness, watermark) {
                 continue;
             }
             accepted = true;
-            let mut acc = match state.get(ctx, &w)? {
-                Some(a) => a,
-                None => self.agg.create(),
+            let (mut acc, had_state) = match state.get(ctx, &w)? {
+                Some(a) => (a, true),
+                None => (self.agg.create(), false),
             };
             self.agg.add(&mut acc, &value, ts)?;
-            self.add_to(ctx, w, acc)?;
+            self.add_to(ctx, w, acc, had_state)?;
         }
         if !accepted {
             ctx.out.collect(WindowOutput::Late(value));
@@ -289,5 +316,22 @@ where
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::timers_needed;
+
+    #[test]
+    fn timers_are_registered_for_new_windows_and_late_firings_only() {
+        // (had_state, fired) -> register
+        assert!(timers_needed(false, false), "first record of a window");
+        assert!(
+            timers_needed(false, true),
+            "first record after a late firing"
+        );
+        assert!(timers_needed(true, true), "late firing re-arms cleanup");
+        assert!(!timers_needed(true, false), "timers already registered");
     }
 }
