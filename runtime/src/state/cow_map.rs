@@ -106,7 +106,7 @@ impl<K: Hash + Eq + Clone, S: Clone> CowMap<K, S> {
 
     /// The shard's table for writing; takes it back from snapshots first: free
     /// when no snapshot holds it any more, a copy of this one shard otherwise.
-    #[inline]
+    #[inline(always)]
     fn owned(shards: &mut [Shard<K, S>], i: usize) -> &mut Table<K, S> {
         let slot = &mut shards[i];
         if let Shard::Shared(arc) = slot {
