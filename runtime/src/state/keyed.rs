@@ -229,6 +229,10 @@ impl<K: Key, S: Stored> FrozenTable for FrozenTableOf<K, S> {
     ) -> Result<u64, SnapshotError> {
         let drop_expired = self.ttl.map(|t| t.cleanup_full_snapshot).unwrap_or(false);
         let mut n = 0u64;
+        // Grouped per key group locally first, so the per-entry cost is an index
+        // instead of a map lookup plus a search for the table by name.
+        let mut by_kg: Vec<Vec<(ByteBuf, ByteBuf)>> =
+            (0..max_parallelism).map(|_| Vec::new()).collect();
         for (k, s) in self.map.iter() {
             let mut vbuf = Vec::new();
             if !s
@@ -240,10 +244,38 @@ impl<K: Key, S: Stored> FrozenTable for FrozenTableOf<K, S> {
             let kbuf =
                 postcard::to_allocvec(k).map_err(|e| SnapshotError::Encode(e.to_string()))?;
             let kg = key_group_for_bytes(&kbuf, max_parallelism);
-            push_entry(out, kg, name, kbuf, vbuf);
+            match by_kg.get_mut(kg as usize) {
+                Some(list) => list.push((ByteBuf::from(kbuf), ByteBuf::from(vbuf))),
+                None => push_entry(out, kg, name, kbuf, vbuf),
+            }
             n += 1;
         }
+        for (kg, entries) in by_kg.into_iter().enumerate() {
+            if !entries.is_empty() {
+                append_entries(out, kg as u32, name, entries);
+            }
+        }
         Ok(n)
+    }
+}
+
+/// Appends entries of one table and key group (same layout as `push_entry`).
+fn append_entries(
+    out: &mut BTreeMap<u32, KeyGroupData>,
+    kg: u32,
+    name: &str,
+    mut entries: Vec<(ByteBuf, ByteBuf)>,
+) {
+    let group = out.entry(kg).or_insert_with(|| KeyGroupData {
+        key_group: kg,
+        ..Default::default()
+    });
+    match group.tables.iter_mut().find(|t| t.name == name) {
+        Some(t) => t.entries.append(&mut entries),
+        None => group.tables.push(TableData {
+            name: name.to_string(),
+            entries,
+        }),
     }
 }
 
