@@ -43,10 +43,20 @@ pub fn hash_key_bytes(bytes: &[u8]) -> u64 {
 /// [`validate_parallelism`]); a zero value is treated as 1 rather than
 /// panicking, because this runs per record and a crash there would take the
 /// whole task down for a configuration error that should be caught earlier.
+#[inline]
 pub fn key_group_for_bytes(bytes: &[u8], max_parallelism: u32) -> u32 {
     let modulus = u64::from(max_parallelism.max(1));
+    let hash = hash_key_bytes(bytes);
+    // Per record: a mask instead of a 64-bit division for the usual power-of-two
+    // max parallelism. `h & (m - 1) == h % m` for such m, so the key group is
+    // exactly the specified one either way.
+    let kg = if modulus.is_power_of_two() {
+        hash & (modulus - 1)
+    } else {
+        hash % modulus
+    };
     // The remainder is < modulus <= u32::MAX, so the conversion cannot fail.
-    u32::try_from(hash_key_bytes(bytes) % modulus).unwrap_or(0)
+    u32::try_from(kg).unwrap_or(0)
 }
 
 /// Why a key could not be turned into the bytes that define its key group.
@@ -381,6 +391,24 @@ mod tests {
         assert_eq!(hash_key_bytes(&[42]), GOLDEN_U64_42_HASH);
         assert_eq!(hash_key_bytes(b"\x06user-1"), GOLDEN_USER1_HASH);
         assert_eq!(hash_key_bytes(&[1, 1, b'a']), GOLDEN_TUPLE_HASH);
+    }
+
+    #[test]
+    fn the_power_of_two_fast_path_is_the_modulo() {
+        let moduli = (0..=15)
+            .map(|b| 1u32 << b)
+            .chain([3, 100, 127, 129, 1000, 32_767]);
+        for m in moduli {
+            for k in 0..2_000u64 {
+                let bytes = postcard::to_allocvec(&k).unwrap();
+                let want = (hash_key_bytes(&bytes) % u64::from(m)) as u32;
+                assert_eq!(
+                    key_group_for_bytes(&bytes, m),
+                    want,
+                    "key {k}, max parallelism {m}"
+                );
+            }
+        }
     }
 
     #[test]

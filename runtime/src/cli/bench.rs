@@ -45,6 +45,11 @@ pub struct BenchArgs {
     /// Run one configuration in this process only: "P,on" or "P,off".
     #[arg(long, value_name = "P,on|off")]
     single: Option<String>,
+    /// Another `runnel` binary (e.g. a build of the previous commit) to run
+    /// alternately with this one, run for run, so that a before/after ratio
+    /// comes from one invocation on a noisy machine.
+    #[arg(long, value_name = "RUNNEL_BINARY", conflicts_with = "single")]
+    compare: Option<PathBuf>,
 }
 
 /// Measurements of one configuration.
@@ -122,9 +127,11 @@ impl KeyedProcessFunction<u64, (u64, u64), ()> for CountSum {
             .state
             .as_ref()
             .ok_or_else(|| UserError::msg("state not initialized"))?;
-        let (count, sum) = state.value(ctx)?.unwrap_or((0, 0));
-        state.update(ctx, (count + 1, sum + v.1))?;
-        Ok(())
+        // One hash probe for the read-modify-write (value + update would be two).
+        state.update_with(ctx, |cur| {
+            let (count, sum) = cur.copied().unwrap_or((0, 0));
+            (count + 1, sum + v.1)
+        })
     }
 }
 
@@ -276,11 +283,15 @@ fn run_single(
     Ok(result)
 }
 
-/// Runs one configuration in a child process and parses its JSON.
-fn run_child(p: u32, checkpointing: bool, args: &BenchArgs) -> anyhow::Result<RunResult> {
-    let exe = std::env::current_exe().context("cannot find the runnel executable")?;
+/// Runs one configuration in a child process of `exe` and parses its JSON.
+fn run_child(
+    exe: &std::path::Path,
+    p: u32,
+    checkpointing: bool,
+    args: &BenchArgs,
+) -> anyhow::Result<RunResult> {
     let single = format!("{p},{}", if checkpointing { "on" } else { "off" });
-    let out = Command::new(&exe)
+    let out = Command::new(exe)
         .args(["bench", "--json", "--single", &single])
         .args(["--keys", &args.keys.to_string()])
         .args(["--events", &args.events.to_string()])
@@ -313,7 +324,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let mut parallelisms = args.parallelism.clone();
     parallelisms.dedup();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let exe = std::env::current_exe().context("cannot find the runnel executable")?;
     let mut runs = Vec::new();
+    let mut base_runs = Vec::new();
     for &p in &parallelisms {
         for on in [false, true] {
             if !args.json {
@@ -325,40 +338,63 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 );
             }
             let mut reps = Vec::new();
+            let mut base_reps = Vec::new();
             for _ in 0..args.repeat {
-                reps.push(run_child(p, on, &args)?);
+                reps.push(run_child(&exe, p, on, &args)?);
+                if let Some(other) = &args.compare {
+                    base_reps.push(run_child(other, p, on, &args)?);
+                }
             }
-            reps.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
-            let (min, max) = match (reps.first(), reps.last()) {
-                (Some(a), Some(b)) => (a.events_per_s, b.events_per_s),
-                _ => bail!("no benchmark run completed"),
-            };
-            let mut median = reps.swap_remove(reps.len() / 2);
-            median.runs = args.repeat;
-            median.events_per_s_min = min;
-            median.events_per_s_max = max;
-            runs.push(median);
+            runs.push(median_of(reps, args.repeat)?);
+            if args.compare.is_some() {
+                base_runs.push(median_of(base_reps, args.repeat)?);
+            }
         }
     }
-    let overhead: Vec<Overhead> = parallelisms
-        .iter()
-        .filter_map(|&p| {
-            let off = runs
-                .iter()
-                .find(|r| r.parallelism == p && !r.checkpointing)?;
-            let on = runs
-                .iter()
-                .find(|r| r.parallelism == p && r.checkpointing)?;
-            Some(Overhead {
-                parallelism: p,
-                events_per_s_off: off.events_per_s,
-                events_per_s_on: on.events_per_s,
-                overhead_pct: (off.events_per_s - on.events_per_s) / off.events_per_s * 100.0,
-                cpu_s_per_million_off: off.cpu_s_per_million_events,
-                cpu_s_per_million_on: on.cpu_s_per_million_events,
-            })
-        })
-        .collect();
+    let overhead = overheads(&parallelisms, &runs);
+    if args.compare.is_some() {
+        let base_overhead = overheads(&parallelisms, &base_runs);
+        if args.json {
+            let report = serde_json::json!({
+                "this": Report {
+                    keys: args.keys,
+                    events: args.events,
+                    checkpoint_interval_ms: args.checkpoint_interval_ms,
+                    cores,
+                    runs,
+                    overhead,
+                },
+                "baseline": Report {
+                    keys: args.keys,
+                    events: args.events,
+                    checkpoint_interval_ms: args.checkpoint_interval_ms,
+                    cores,
+                    runs: base_runs,
+                    overhead: base_overhead,
+                },
+            });
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        } else {
+            println!(
+                "keyed count+sum: {} keys, {} events per run, heap state, checkpoint interval {} ms, \
+                 {cores} cores, median of {} run(s) per configuration, runs of the two binaries \
+                 alternating\n",
+                args.keys, args.events, args.checkpoint_interval_ms, args.repeat
+            );
+            println!("this binary:\n");
+            print_tables(&runs, &overhead);
+            println!(
+                "\nbaseline ({}):\n",
+                args.compare
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            );
+            print_tables(&base_runs, &base_overhead);
+            println!();
+            print_ratios(&runs, &base_runs);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if args.json {
         let report = Report {
             keys: args.keys,
@@ -378,6 +414,71 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         print_tables(&runs, &overhead);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The run with the median throughput, annotated with the range across runs.
+fn median_of(mut reps: Vec<RunResult>, repeat: u32) -> anyhow::Result<RunResult> {
+    reps.sort_by(|a, b| a.events_per_s.total_cmp(&b.events_per_s));
+    let (min, max) = match (reps.first(), reps.last()) {
+        (Some(a), Some(b)) => (a.events_per_s, b.events_per_s),
+        _ => bail!("no benchmark run completed"),
+    };
+    let mut median = reps.swap_remove(reps.len() / 2);
+    median.runs = repeat;
+    median.events_per_s_min = min;
+    median.events_per_s_max = max;
+    Ok(median)
+}
+
+fn overheads(parallelisms: &[u32], runs: &[RunResult]) -> Vec<Overhead> {
+    parallelisms
+        .iter()
+        .filter_map(|&p| {
+            let off = runs
+                .iter()
+                .find(|r| r.parallelism == p && !r.checkpointing)?;
+            let on = runs
+                .iter()
+                .find(|r| r.parallelism == p && r.checkpointing)?;
+            Some(Overhead {
+                parallelism: p,
+                events_per_s_off: off.events_per_s,
+                events_per_s_on: on.events_per_s,
+                overhead_pct: (off.events_per_s - on.events_per_s) / off.events_per_s * 100.0,
+                cpu_s_per_million_off: off.cpu_s_per_million_events,
+                cpu_s_per_million_on: on.cpu_s_per_million_events,
+            })
+        })
+        .collect()
+}
+
+/// This binary against the baseline, configuration by configuration.
+fn print_ratios(runs: &[RunResult], base: &[RunResult]) {
+    println!(
+        "| p | checkpoints | events/s this / baseline | events/s per core this / baseline \
+         | mean ckpt ms this / baseline |"
+    );
+    println!("|---|---|---:|---:|---:|");
+    for r in runs {
+        let Some(b) = base
+            .iter()
+            .find(|b| b.parallelism == r.parallelism && b.checkpointing == r.checkpointing)
+        else {
+            continue;
+        };
+        let ckpt = match (r.checkpoint_mean_ms, b.checkpoint_mean_ms) {
+            (Some(x), Some(y)) => format!("{x:.1} / {y:.1}"),
+            _ => "-".to_string(),
+        };
+        println!(
+            "| {} | {} | {:.3}x | {:.3}x | {} |",
+            r.parallelism,
+            if r.checkpointing { "on" } else { "off" },
+            r.events_per_s / b.events_per_s,
+            r.events_per_cpu_s / b.events_per_cpu_s,
+            ckpt,
+        );
+    }
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {

@@ -426,13 +426,17 @@ pub(crate) fn panic_message(p: &Box<dyn Any + Send>) -> String {
 /// tasks never wait on storage. Each file is streamed to storage as it is
 /// encoded (multipart on S3), with its size and checksum computed on the way, so
 /// a large state is never held in memory a second time as bytes.
-pub(crate) fn upload(job: &UploadJob) -> Result<Vec<super::AckedOp>, String> {
+///
+/// Keyed state arrives frozen (see `OperatorSnapshot::keyed`) and is encoded
+/// here, so the checkpoint is acknowledged only once its encoded file is written.
+pub(crate) fn upload(job: &mut UploadJob) -> Result<Vec<super::AckedOp>, String> {
     let mut out = Vec::new();
-    for op in &job.ops {
+    for op in &mut job.ops {
         let file = crate::checkpoint::unique_state_file_name(&op.uid, job.subtask);
         let path = crate::storage::join(&job.target.dir, &file);
         let fail =
             |e: &dyn std::fmt::Display| format!("writing {}: {e}", job.target.storage.uri(&path));
+        op.materialize().map_err(|e| fail(&e))?;
         let mut w = job.target.storage.create(&path).map_err(|e| fail(&e))?;
         let digest =
             crate::checkpoint::format::write_state_file(&op.state, &mut w).map_err(|e| fail(&e))?;
@@ -467,8 +471,8 @@ pub(crate) fn spawn_uploader(
     std::thread::Builder::new()
         .name("snapshot-uploader".into())
         .spawn(move || {
-            for job in rx {
-                let msg = match upload(&job) {
+            for mut job in rx {
+                let msg = match upload(&mut job) {
                     Ok(ops) => MasterMsg::Ack {
                         attempt: job.attempt,
                         checkpoint_id: job.checkpoint_id,

@@ -1,6 +1,7 @@
 //! Managed state: keyed state (scoped to the current key, partitioned by key
 //! group) and operator list state (per subtask, redistributed on rescale).
 
+mod cow_map;
 pub mod keyed;
 pub mod operator;
 pub mod ttl;

@@ -12,6 +12,7 @@ use std::time::Instant;
 use crossbeam_channel::{Sender, TrySendError};
 
 use crate::checkpoint::format::{KeyGroupData, KeyedStateMeta, SubtaskState};
+use crate::error::SnapshotError;
 use crate::error::{FnResult, TaskError};
 use crate::event::{Barrier, Batch, Event, MAX_WATERMARK, StreamRecord};
 use crate::functions::{
@@ -20,7 +21,7 @@ use crate::functions::{
 };
 use crate::keygroup::{KeyEncodeError, KeyGroupRange, subtask_for_key_group};
 use crate::metrics::{CounterF64, JobMetrics};
-use crate::state::keyed::{Key, KeyedBackend};
+use crate::state::keyed::{Key, KeyedBackend, KeyedSnapshot};
 use crate::state::operator::OperatorStateStore;
 use crate::timers::TimerService;
 
@@ -36,8 +37,37 @@ pub(crate) struct OperatorSnapshot {
     pub uid: String,
     pub key_groups: Option<KeyGroupRange>,
     pub keyed_metas: Vec<KeyedStateMeta>,
+    /// Final once [`OperatorSnapshot::materialize`] ran.
     pub keyed_entries: u64,
+    /// Until materialized, `key_groups` holds only the timers.
     pub state: SubtaskState,
+    /// Keyed state frozen at the barrier, not yet encoded: encoding runs on the
+    /// uploader thread so that the barrier passes the task without a pause.
+    pub keyed: Option<KeyedSnapshot>,
+}
+
+impl OperatorSnapshot {
+    /// Encodes the frozen keyed state into `state.key_groups` (merged with the
+    /// timers already there) and sets `keyed_entries`. Idempotent.
+    pub fn materialize(&mut self) -> Result<(), SnapshotError> {
+        let Some(keyed) = self.keyed.take() else {
+            return Ok(());
+        };
+        let mut groups = BTreeMap::new();
+        self.keyed_entries = keyed.write(&mut groups)?;
+        for g in std::mem::take(&mut self.state.key_groups) {
+            groups
+                .entry(g.key_group)
+                .or_insert_with(|| KeyGroupData {
+                    key_group: g.key_group,
+                    ..Default::default()
+                })
+                .timers
+                .extend(g.timers);
+        }
+        self.state.key_groups = groups.into_values().collect();
+        Ok(())
+    }
 }
 
 pub(crate) trait Downstream<T>: Send {
@@ -185,6 +215,7 @@ fn operator_snapshot(uid: &str, store: &OperatorStateStore) -> Result<OperatorSn
             operator_states: store.snapshot()?,
             ..Default::default()
         },
+        keyed: None,
     })
 }
 
@@ -416,19 +447,20 @@ where
                 kind: b.kind,
             })
             .map_err(user(&self.uid))?;
-        let mut groups = BTreeMap::new();
-        let (keyed_metas, keyed_entries) = self.backend.snapshot(&mut groups)?;
-        self.timers.snapshot(self.max_parallelism, &mut groups)?;
+        let keyed = self.backend.snapshot();
+        let mut timers = BTreeMap::new();
+        self.timers.snapshot(self.max_parallelism, &mut timers)?;
         snaps.push(OperatorSnapshot {
             uid: self.uid.clone(),
             key_groups: Some(self.backend.key_groups()),
-            keyed_metas,
-            keyed_entries,
+            keyed_metas: keyed.metas().to_vec(),
+            keyed_entries: 0,
             state: SubtaskState {
                 operator_states: self.store.snapshot()?,
-                key_groups: groups.into_values().collect(),
+                key_groups: timers.into_values().collect(),
                 in_flight: vec![],
             },
+            keyed: Some(keyed),
         });
         self.out.barrier(b, snaps)
     }
@@ -660,7 +692,14 @@ pub(crate) struct NetworkOutput<T> {
     pub next: usize,
     pub max_parallelism: u32,
     pub backpressure: CounterF64,
+    /// Hash edges: target subtask per key group, precomputed so that routing a
+    /// record is a table lookup instead of a 64-bit division. Empty for very
+    /// large max parallelism, where `subtask_for_key_group` is called instead.
+    route: Vec<u32>,
 }
+
+/// Largest max parallelism whose routing table is precomputed (16 KiB).
+const MAX_ROUTE_TABLE: u32 = 4096;
 
 impl<T: Clone + Send + 'static> NetworkOutput<T> {
     pub fn new(
@@ -673,6 +712,14 @@ impl<T: Clone + Send + 'static> NetworkOutput<T> {
         backpressure: CounterF64,
     ) -> Self {
         let n = senders.len();
+        let route =
+            if matches!(partitioner, Partitioner::Hash(_)) && max_parallelism <= MAX_ROUTE_TABLE {
+                (0..max_parallelism)
+                    .map(|kg| subtask_for_key_group(max_parallelism, n as u32, kg))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         NetworkOutput {
             task,
             senders,
@@ -682,6 +729,7 @@ impl<T: Clone + Send + 'static> NetworkOutput<T> {
             next: start % n.max(1),
             max_parallelism,
             backpressure,
+            route,
         }
     }
 
@@ -745,7 +793,10 @@ impl<T: Clone + Send + 'static> Downstream<T> for NetworkOutput<T> {
                     task: self.task.clone(),
                     message: e.to_string(),
                 })?;
-                let i = subtask_for_key_group(self.max_parallelism, n as u32, kg) as usize;
+                let i = match self.route.get(kg as usize) {
+                    Some(&i) => i,
+                    None => subtask_for_key_group(self.max_parallelism, n as u32, kg),
+                } as usize;
                 self.push(i, Event::Record(r))
             }
         }

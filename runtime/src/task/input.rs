@@ -316,5 +316,6 @@ fn attach_in_flight(head_uid: &str, snaps: &mut Vec<OperatorSnapshot>, records: 
             in_flight: records,
             ..Default::default()
         },
+        keyed: None,
     });
 }

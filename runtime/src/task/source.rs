@@ -294,6 +294,7 @@ impl<T: crate::functions::Data, S: SourceFunction<T>> SourceTask<T, S> {
                 operator_states: self.store.snapshot()?,
                 ..Default::default()
             },
+            keyed: None,
         }];
         self.head.barrier(b, &mut snaps)?;
         env.upload(b, snaps, 0)
