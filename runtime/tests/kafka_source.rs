@@ -17,8 +17,8 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::{Offset, TopicPartitionList};
 use runnel_runtime::kafka::{
     Avro, DeliveryGuarantee, DeserializationPolicy, Deserializer, Json, KafkaSink, KafkaSinkConfig,
-    KafkaSource, KafkaSourceConfig, KafkaWatermarks, OffsetReset, StartPosition, TopicPartition,
-    TopicSelector, Utf8,
+    KafkaSource, KafkaSourceConfig, KafkaWatermarks, OffsetCommit, OffsetReset, StartPosition,
+    TopicPartition, TopicSelector, Utf8,
 };
 use runnel_runtime::sinks::CollectSink;
 use runnel_runtime::{
@@ -692,5 +692,62 @@ fn exactly_once_sink_rejects_misfit_transaction_timeout() {
         "invalid Kafka configuration: transaction.timeout.ms (5000) is shorter than the \
          checkpoint interval (10000 ms): a commit carrying one interval's output could be \
          aborted by the broker"
+    );
+}
+
+/// With checkpointing off, the group offsets (what lag monitoring reads) are
+/// committed periodically; with committing switched off, the group stays empty.
+#[test]
+fn offsets_are_committed_periodically_without_checkpoints_and_not_when_disabled() {
+    let Some(b) = broker_or_skip("offsets_are_committed_periodically_without_checkpoints") else {
+        return;
+    };
+    b.create_topic("lag", 2);
+    for p in 0..2 {
+        b.produce(
+            "lag",
+            Some(p),
+            &(0..25)
+                .map(|i| (None, format!("p{p}-{i}").into_bytes()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    let run = |group: &str, commit: OffsetCommit| {
+        let env = StreamEnv::new(job(group));
+        let mut c = src_cfg(&b, TopicSelector::List(vec!["lag".into()]));
+        c.group_id = Some(group.into());
+        c.commit = commit;
+        let source = KafkaSource::new(c, Utf8, env.config()).unwrap();
+        let (sink, got) = CollectSink::<String>::new();
+        env.add_source("kafka", source).sink("collect", sink);
+        let client = env.execute_async().unwrap();
+        wait_until("50 records", Duration::from_secs(60), || {
+            lock(&got).len() >= 50
+        });
+        client
+    };
+
+    // Both jobs run side by side; once the periodic one has committed
+    // everything, the other one has had the same time to commit and must not
+    // have.
+    let disabled = run("lag-disabled", OffsetCommit::Disabled);
+    let periodic = run(
+        "lag-periodic",
+        OffsetCommit::Periodic(Duration::from_millis(200)),
+    );
+    // The next offset to read, per partition, without a single checkpoint.
+    wait_until(
+        "group offsets at 25 per partition",
+        Duration::from_secs(30),
+        || b.committed("lag-periodic", "lag") == BTreeMap::from([(0, 25), (1, 25)]),
+    );
+    for client in [periodic, disabled] {
+        client.cancel().unwrap();
+        let _ = client.wait();
+    }
+    assert!(
+        b.committed("lag-disabled", "lag").is_empty(),
+        "committing was switched off: {:?}",
+        b.committed("lag-disabled", "lag")
     );
 }

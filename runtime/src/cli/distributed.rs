@@ -10,14 +10,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
+use runnel_runtime::JobError;
 use runnel_runtime::control::{ControlOptions, serve};
 use runnel_runtime::declarative;
 use runnel_runtime::distributed::{
     CoordinatorOptions, JobFactory, WorkerOptions, discovery, start_coordinator_with, start_worker,
 };
-use runnel_runtime::{JobError, JobOutcome, RestoreSettings};
 
 use super::jobctl::parse_duration;
+use super::launch::{RestoreArgs, report_outcome};
 
 #[derive(Args, Debug)]
 pub struct CoordinatorArgs {
@@ -33,15 +34,8 @@ pub struct CoordinatorArgs {
     /// Default parallelism of every source and step that sets none.
     #[arg(long, value_name = "N")]
     parallelism: Option<u32>,
-    /// Restore from this savepoint or checkpoint directory.
-    #[arg(long, value_name = "PATH", conflicts_with = "from_latest_checkpoint")]
-    from_savepoint: Option<String>,
-    /// Restore from the newest complete checkpoint in the job's storage, if
-    /// any (what a restarted coordinator does).
-    #[arg(long)]
-    from_latest_checkpoint: bool,
-    #[arg(long)]
-    allow_non_restored_state: bool,
+    #[command(flatten)]
+    restore: RestoreArgs,
     /// Address of the job's control API (port 0 picks one; the URL is printed).
     #[arg(long, default_value = "127.0.0.1:8081")]
     control_addr: SocketAddr,
@@ -113,26 +107,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     }
     let (factory, fingerprint) = factory(&a.job)?;
     let (_, cfg) = factory(a.parallelism)?;
-    let restore = if let Some(path) = a.from_savepoint {
-        Some(RestoreSettings {
-            path,
-            latest: false,
-            allow_non_restored_state: a.allow_non_restored_state,
-        })
-    } else if a.from_latest_checkpoint {
-        let Some(storage) = cfg.checkpoint.storage.clone() else {
-            bail!("--from-latest-checkpoint needs checkpoint storage in the job");
-        };
-        runnel_runtime::checkpoint::find_latest_checkpoint(&storage)
-            .with_context(|| format!("cannot look for checkpoints in {storage}"))?
-            .map(|c| RestoreSettings {
-                path: c.uri,
-                latest: false,
-                allow_non_restored_state: a.allow_non_restored_state,
-            })
-    } else {
-        None
-    };
+    let restore = a.restore.resolve(cfg.checkpoint.storage.as_deref())?;
     let opts = CoordinatorOptions {
         workers,
         slots: a.slots,
@@ -155,15 +130,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     let name = cfg.name.clone();
     let outcome = client.wait();
     server.wait_until_results_read(a.linger);
-    match outcome {
-        Ok(JobOutcome::Finished) => println!("job {name} finished"),
-        Ok(JobOutcome::Stopped(info)) => {
-            println!("job {name} stopped with savepoint {}", info.path)
-        }
-        Ok(JobOutcome::Cancelled) => println!("job {name} cancelled"),
-        Err(e) => return Err(anyhow::Error::new(e).context(format!("job {name} failed"))),
-    }
-    Ok(ExitCode::SUCCESS)
+    report_outcome(&name, outcome)
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {

@@ -10,6 +10,7 @@ pub mod demo;
 pub mod distributed;
 pub mod inspect;
 pub mod jobctl;
+pub mod launch;
 pub mod run;
 
 use std::path::Path;

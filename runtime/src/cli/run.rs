@@ -11,26 +11,17 @@ use anyhow::{Context, bail};
 use clap::Args;
 use runnel_runtime::control::{ControlOptions, serve};
 use runnel_runtime::declarative::{self, ConnectorRegistry};
-use runnel_runtime::{JobOutcome, RestoreSettings};
 
 use super::jobctl::parse_duration;
+use super::launch::{RestoreArgs, report_outcome};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// The job file (YAML): a job spec, or a StreamJob manifest (its
     /// `spec.job` is run).
     job: PathBuf,
-    /// Restore from this savepoint or checkpoint (a `savepoint-...` or `chk-N`
-    /// directory URI).
-    #[arg(long, value_name = "PATH", conflicts_with = "from_latest_checkpoint")]
-    from_savepoint: Option<String>,
-    /// Restore from the newest complete checkpoint in the job's checkpoint
-    /// storage, if there is one (what a last-state upgrade does).
-    #[arg(long)]
-    from_latest_checkpoint: bool,
-    /// Skip state in the snapshot that no operator of this job claims.
-    #[arg(long)]
-    allow_non_restored_state: bool,
+    #[command(flatten)]
+    restore: RestoreArgs,
     /// Default parallelism of every source and step that sets none.
     #[arg(long, value_name = "N")]
     parallelism: Option<u32>,
@@ -80,32 +71,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         println!("{}: valid", a.job.display());
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(path) = a.from_savepoint {
-        job.config_mut().restore = Some(RestoreSettings {
-            path,
-            latest: false,
-            allow_non_restored_state: a.allow_non_restored_state,
-        });
-    } else if a.from_latest_checkpoint {
-        let Some(storage) = job.config().checkpoint.storage.clone() else {
-            bail!("--from-latest-checkpoint needs checkpoint storage in the job");
-        };
-        // An unreachable storage is an error here, never a fresh start: that
-        // would silently drop the job's state.
-        match runnel_runtime::checkpoint::find_latest_checkpoint(&storage)
-            .with_context(|| format!("cannot look for checkpoints in {storage}"))?
-        {
-            Some(c) => {
-                tracing::info!(checkpoint = %c.uri, "restoring from the latest checkpoint");
-                job.config_mut().restore = Some(RestoreSettings {
-                    path: c.uri,
-                    latest: false,
-                    allow_non_restored_state: a.allow_non_restored_state,
-                })
-            }
-            None => tracing::info!(%storage, "no checkpoint yet; starting without state"),
-        }
-    }
+    let storage = job.config().checkpoint.storage.clone();
+    job.config_mut().restore = a.restore.resolve(storage.as_deref())?;
     let name = job.name.clone();
     let client = job.execute_async().context("the job could not start")?;
     let server = serve(
@@ -120,19 +87,5 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
     tracing::info!(job = %name, url = %server.url(), "job running");
     let outcome = client.wait();
     server.wait_until_results_read(a.linger);
-    match outcome {
-        Ok(JobOutcome::Finished) => {
-            println!("job {name} finished");
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(JobOutcome::Stopped(info)) => {
-            println!("job {name} stopped with savepoint {}", info.path);
-            Ok(ExitCode::SUCCESS)
-        }
-        Ok(JobOutcome::Cancelled) => {
-            println!("job {name} cancelled");
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => Err(anyhow::Error::new(e).context(format!("job {name} failed"))),
-    }
+    report_outcome(&name, outcome)
 }
