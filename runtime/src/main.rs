@@ -48,6 +48,17 @@ enum Command {
     Checkpoints(cli::jobctl::CheckpointsArgs),
 }
 
+impl Command {
+    /// Commands whose whole job is printing what they read from storage.
+    fn only_prints(&self) -> bool {
+        match self {
+            Command::Inspect(_) => true,
+            Command::Savepoint(a) => a.is_inspect(),
+            _ => false,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
 struct BenchCmd {
@@ -81,14 +92,20 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
-    // Exit quietly when stdout is closed early (e.g. `runnel inspect ... | head`)
-    // instead of failing to print.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any threads start.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = Cli::parse();
+    if cli.command.only_prints() {
+        // Exit quietly when stdout is closed early (`runnel inspect ... | head`)
+        // instead of failing to print. Only for these: in anything that serves
+        // or talks over sockets, the default disposition turns a peer that
+        // closed its connection into a silent death of the process, because
+        // vectored socket writes (tokio, hyper) raise SIGPIPE. A worker killed
+        // that way when its coordinator died is how this was found.
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of SIGPIPE before any threads start.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_logging();
     let result = match cli.command {
         Command::Demo(a) => cli::demo::run(a),

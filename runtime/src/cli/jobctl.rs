@@ -55,6 +55,13 @@ pub struct SavepointArgs {
     timeout: Duration,
 }
 
+impl SavepointArgs {
+    /// `runnel savepoint inspect PATH`.
+    pub fn is_inspect(&self) -> bool {
+        matches!(self.action, Some(SavepointAction::Inspect(_)))
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SavepointAction {
     /// Print a savepoint or checkpoint: operators, parallelism, key groups,

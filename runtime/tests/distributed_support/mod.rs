@@ -17,6 +17,8 @@ pub struct Proc {
     /// Worker: listen address; coordinator: control URL.
     pub addr: String,
     pub stdout: Option<BufReader<ChildStdout>>,
+    /// The test ended it (kill or finish); any other exit is unexpected.
+    pub ended: bool,
 }
 
 impl Proc {
@@ -24,6 +26,7 @@ impl Proc {
         self.child.id() as i32
     }
     pub fn kill(&mut self) {
+        self.ended = true;
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -34,6 +37,7 @@ impl Proc {
     }
     /// Waits for the process to exit; returns its remaining stdout.
     pub fn finish(mut self, within: Duration) -> (std::process::ExitStatus, String) {
+        self.ended = true;
         let deadline = Instant::now() + within;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -56,7 +60,17 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
+        let status = self.child.try_wait();
+        // A process that ended on its own before the test let it go is the
+        // first thing to know when a test fails.
+        if let (Ok(Some(st)), false) = (&status, self.ended) {
+            eprintln!(
+                "process {} ({}) had already exited: {st}",
+                self.addr,
+                self.pid()
+            );
+        }
+        if let Ok(None) = status {
             // A stopped process must be continued to die promptly.
             // SAFETY: our own child.
             unsafe {
@@ -90,6 +104,7 @@ fn spawn(args: &[&str], prefix: &str) -> Proc {
         child,
         addr,
         stdout: Some(out),
+        ended: false,
     }
 }
 
