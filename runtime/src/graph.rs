@@ -18,7 +18,7 @@ use crate::executor::{JobClient, JobOutcome};
 use crate::functions::{
     Collector, Data, KeyedProcessFunction, ProcessFunction, SinkFunction, SourceFunction,
 };
-use crate::keygroup::{KeyGroupRange, key_group_for_key};
+use crate::keygroup::{KeyGroupRange, key_group_for_typed_key};
 use crate::metrics::{CounterF64, JobMetrics};
 use crate::state::keyed::{Key, KeyedBackend};
 use crate::state::operator::OperatorStateStore;
@@ -598,7 +598,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
     ) -> DataStream<O> {
         let maxp = self.stream.max_parallelism;
         let kf = self.key_fn.clone();
-        let kg: KeyGroupFn<T> = Arc::new(move |v: &T| key_group_for_key(&kf(v), maxp));
+        let kg: KeyGroupFn<T> = Arc::new(move |v: &T| key_group_for_typed_key(&kf(v), maxp));
         let edges = self.stream.edges(
             EdgeKind::Hash,
             Some(Arc::new(kg) as Arc<dyn Any + Send + Sync>),

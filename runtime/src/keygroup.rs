@@ -90,6 +90,68 @@ pub fn key_group_for_key<K: Serialize + ?Sized>(
     }
 }
 
+/// [`key_group_for_key`] with the postcard encoding written directly for the
+/// most common key types (unsigned and signed integers, `String`).
+///
+/// Serde's generic path costs about as much as the rest of routing a record
+/// together; these types have a fixed, documented postcard encoding (LEB128
+/// varints, zigzag for signed integers, length-prefixed UTF-8), so the bytes
+/// are the same and so is the key group. `keyed_fast_path_matches_postcard`
+/// checks that over boundaries and random values.
+#[inline]
+pub fn key_group_for_typed_key<K: Serialize + 'static>(
+    key: &K,
+    max_parallelism: u32,
+) -> Result<u32, KeyEncodeError> {
+    let any = key as &dyn std::any::Any;
+    let mut buf = [0u8; 10];
+    let bytes: &[u8] = if let Some(v) = any.downcast_ref::<u64>() {
+        varint(*v, &mut buf)
+    } else if let Some(v) = any.downcast_ref::<u32>() {
+        varint(u64::from(*v), &mut buf)
+    } else if let Some(v) = any.downcast_ref::<i64>() {
+        varint(((*v << 1) ^ (*v >> 63)) as u64, &mut buf)
+    } else if let Some(v) = any.downcast_ref::<i32>() {
+        varint(u64::from(((*v << 1) ^ (*v >> 31)) as u32), &mut buf)
+    } else if let Some(s) = any.downcast_ref::<String>() {
+        return Ok(string_key_group(s.as_bytes(), max_parallelism));
+    } else {
+        return key_group_for_key(key, max_parallelism);
+    };
+    Ok(key_group_for_bytes(bytes, max_parallelism))
+}
+
+/// Postcard's unsigned varint (LEB128, least significant group first).
+#[inline]
+fn varint(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
+    let mut n = 0;
+    while v >= 0x80 {
+        buf[n] = (v as u8) | 0x80;
+        v >>= 7;
+        n += 1;
+    }
+    buf[n] = v as u8;
+    &buf[..=n]
+}
+
+/// Key group of a string key: postcard writes the byte length as a varint,
+/// then the bytes.
+fn string_key_group(s: &[u8], max_parallelism: u32) -> u32 {
+    let mut len = [0u8; 10];
+    let len = varint(s.len() as u64, &mut len);
+    if len.len() + s.len() <= STACK_KEY_BUF {
+        let mut buf = [0u8; STACK_KEY_BUF];
+        buf[..len.len()].copy_from_slice(len);
+        buf[len.len()..len.len() + s.len()].copy_from_slice(s);
+        key_group_for_bytes(&buf[..len.len() + s.len()], max_parallelism)
+    } else {
+        let mut v = Vec::with_capacity(len.len() + s.len());
+        v.extend_from_slice(len);
+        v.extend_from_slice(s);
+        key_group_for_bytes(&v, max_parallelism)
+    }
+}
+
 /// A contiguous range of key groups with an INCLUSIVE end, as in Flink.
 ///
 /// Inclusive bounds match Flink's savepoint metadata and let a range reach
@@ -468,6 +530,54 @@ mod tests {
                 "len={len}"
             );
         }
+    }
+
+    #[test]
+    fn keyed_fast_path_matches_postcard() {
+        fn check<K: Serialize + 'static + std::fmt::Debug>(k: K) {
+            for max_p in [1, 128, 4096, 32_768] {
+                assert_eq!(
+                    key_group_for_typed_key(&k, max_p).unwrap(),
+                    key_group_for_bytes(&postcard::to_allocvec(&k).unwrap(), max_p),
+                    "{k:?} max_p={max_p}"
+                );
+            }
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for shift in 0..64 {
+            for v in [(1u64 << shift) - 1, 1u64 << shift, (1u64 << shift) + 1] {
+                check(v);
+                check(v as u32);
+                check(v as i64);
+                check((v as i64).wrapping_neg());
+                check(v as i32);
+                check((v as i32).wrapping_neg());
+            }
+        }
+        for _ in 0..2000 {
+            let r = next();
+            check(r);
+            check(r as u32);
+            check(r as i64);
+            check(r as i32);
+        }
+        check(u64::MAX);
+        check(i64::MIN);
+        check(i64::MAX);
+        check(i32::MIN);
+        check(i32::MAX);
+        for len in [0, 1, 5, 126, 127, 128, 129, 300, 20_000] {
+            check("é".repeat(len));
+        }
+        // Other types still go through serde.
+        check((7u64, "a".to_string()));
+        check(Some(3u8));
     }
 
     #[test]
