@@ -933,8 +933,12 @@ fn maybe_trigger_savepoint(c: &mut Ctx<'_>) {
     let spec = c.input.spec;
     if let Some(v) = c.input.savepoint_annotation {
         if c.st.handled_savepoint_annotation.as_deref() != Some(v) {
-            c.st.handled_savepoint_annotation = Some(v.to_string());
-            begin_savepoint(c, SavepointTrigger::Annotation, false);
+            // Handled only once a savepoint has begun: during a back-off the
+            // request waits (and says so in a condition) instead of being
+            // removed unserved.
+            if begin_savepoint(c, SavepointTrigger::Annotation, false) {
+                c.st.handled_savepoint_annotation = Some(v.to_string());
+            }
             return;
         }
         // Served already; the removal did not land yet.
@@ -945,8 +949,9 @@ fn maybe_trigger_savepoint(c: &mut Ctx<'_>) {
     if spec.savepoint_trigger_nonce.is_some()
         && spec.savepoint_trigger_nonce != c.st.handled_savepoint_nonce
     {
-        c.st.handled_savepoint_nonce = spec.savepoint_trigger_nonce;
-        begin_savepoint(c, SavepointTrigger::Nonce, false);
+        if begin_savepoint(c, SavepointTrigger::Nonce, false) {
+            c.st.handled_savepoint_nonce = spec.savepoint_trigger_nonce;
+        }
         return;
     }
     if let Some(every) = spec.savepoints.periodic_interval_seconds {
@@ -954,9 +959,10 @@ fn maybe_trigger_savepoint(c: &mut Ctx<'_>) {
             c.st.last_periodic_savepoint_ms
                 .or(c.st.deployment.as_ref().map(|d| d.started_ms))
                 .unwrap_or(c.now());
-        if c.now() - since >= every as i64 * 1000 {
+        if c.now() - since >= every as i64 * 1000
+            && begin_savepoint(c, SavepointTrigger::Periodic, false)
+        {
             c.st.last_periodic_savepoint_ms = Some(c.now());
-            begin_savepoint(c, SavepointTrigger::Periodic, false);
         }
     }
 }

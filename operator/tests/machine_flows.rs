@@ -581,6 +581,65 @@ fn annotation_while_a_savepoint_is_in_progress_does_not_trigger_again() {
     assert_eq!(s.annotation, None);
 }
 
+/// A request that arrives while savepoints are backing off after a failure
+/// is kept, not dropped: it triggers once the back-off is over, and only then
+/// is the annotation removed.
+#[test]
+fn requests_during_a_savepoint_backoff_are_served_after_it() {
+    for via_nonce in [false, true] {
+        let mut s = running(UpgradeMode::Savepoint);
+        s.savepoints_fail = true;
+        s.annotation = Some("first".into());
+        // The first savepoint fails; the back-off starts.
+        while s.status.savepoint_failures == 0 {
+            s.round(None);
+            s.tick();
+        }
+        s.savepoints_fail = false;
+        let tried = s.accepted.len();
+        assert_eq!(tried, 1);
+        // A new request within the back-off.
+        if via_nonce {
+            s.spec.savepoint_trigger_nonce = Some(9);
+            s.generation += 1;
+        } else {
+            s.annotation = Some("second".into());
+        }
+        s.round(None);
+        s.tick();
+        assert_eq!(s.accepted.len(), tried, "no trigger during the back-off");
+        if !via_nonce {
+            assert_eq!(
+                s.annotation.as_deref(),
+                Some("second"),
+                "kept while waiting"
+            );
+        }
+        assert!(
+            s.status
+                .conditions
+                .iter()
+                .any(|c| c.reason == "SavepointBackoff"),
+            "{:?}",
+            s.status.conditions
+        );
+        s.settle();
+        let want = if via_nonce {
+            SavepointTrigger::Nonce
+        } else {
+            SavepointTrigger::Annotation
+        };
+        assert_eq!(
+            s.savepoints_of(want).len(),
+            1,
+            "via nonce: {via_nonce}; history {:?}",
+            s.status.savepoint_history
+        );
+        assert_eq!(s.annotation, None);
+        assert_eq!(s.status.savepoint_failures, 0);
+    }
+}
+
 #[test]
 fn nonce_and_periodic_savepoints() {
     let mut s = running(UpgradeMode::Savepoint);
