@@ -55,8 +55,16 @@ impl ApiError {
         ApiError::new(400, "BadRequest", message)
     }
 
-    /// 422 with one cause per field error, like the apiserver's validation.
-    pub fn invalid(kind_group: &str, name: &str, causes: &[(String, String)]) -> ApiError {
+    /// 422 with one cause per field error, like the apiserver's validation:
+    /// the message names the qualified kind (`StreamJob.runnel.dev`), the
+    /// details carry kind and group apart, which is what kubectl prints
+    /// (`The StreamJob "x" is invalid: ...`).
+    pub fn invalid(kind: &str, group: &str, name: &str, causes: &[(String, String)]) -> ApiError {
+        let kind_group = if group.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}.{group}")
+        };
         let list: Vec<String> = causes.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let msg = if list.len() == 1 {
             format!("{kind_group} \"{name}\" is invalid: {}", list[0])
@@ -65,7 +73,8 @@ impl ApiError {
         };
         ApiError::new(422, "Invalid", msg).with_details(json!({
             "name": name,
-            "kind": kind_group,
+            "group": group,
+            "kind": kind,
             "causes": causes.iter().map(|(f, m)| json!({
                 "reason": "FieldValueInvalid", "message": m, "field": f
             })).collect::<Vec<_>>(),

@@ -59,15 +59,6 @@ impl ResourceType {
         }
     }
 
-    /// `StreamJob.runnel.dev`: how validation messages name the kind.
-    pub fn kind_group(&self) -> String {
-        if self.group.is_empty() {
-            self.kind.clone()
-        } else {
-            format!("{}.{}", self.kind, self.group)
-        }
-    }
-
     /// The core/v1 view of events stored in events.k8s.io/v1 form.
     pub fn is_core_event_view(&self) -> bool {
         self.group.is_empty() && self.plural == "events"

@@ -342,7 +342,8 @@ impl Store {
         }
         if name.is_empty() {
             return Err(ApiError::invalid(
-                &rt.kind_group(),
+                &rt.kind,
+                &rt.group,
                 "",
                 &[(
                     "metadata.name".into(),
@@ -352,7 +353,8 @@ impl Store {
         }
         if !meta::is_dns_subdomain(&name) {
             return Err(ApiError::invalid(
-                &rt.kind_group(),
+                &rt.kind,
+                &rt.group,
                 &name,
                 &[(
                     "metadata.name".into(),
@@ -434,7 +436,7 @@ impl Store {
         if let Some(schema) = rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
             let (errors, w) = schema::validate(&mut obj, schema, opts.field_validation, false);
             if !errors.is_empty() {
-                return Err(ApiError::invalid(&rt.kind_group(), &name, &errors));
+                return Err(ApiError::invalid(&rt.kind, &rt.group, &name, &errors));
             }
             warnings = w;
         }
@@ -451,7 +453,8 @@ impl Store {
         if rt.storage == CRD_STORAGE {
             let types = resources::from_crd(&obj).map_err(|e| {
                 ApiError::invalid(
-                    &rt.kind_group(),
+                    &rt.kind,
+                    &rt.group,
                     &name,
                     &[("spec".into(), format!("Invalid value: {e}"))],
                 )
@@ -513,7 +516,8 @@ impl Store {
                 ] {
                     if !ok {
                         return Err(ApiError::invalid(
-                            &rt.kind_group(),
+                            &rt.kind,
+                            &rt.group,
                             name,
                             &[(
                                 format!("spec.{f}"),
@@ -570,7 +574,8 @@ impl Store {
                 let t = obj["spec"]["type"].as_str().unwrap_or("");
                 if t != "ClusterIP" {
                     return Err(ApiError::invalid(
-                        &rt.kind_group(),
+                        &rt.kind,
+                        &rt.group,
                         name,
                         &[(
                             "spec.type".into(),
@@ -802,7 +807,7 @@ impl Store {
                 s
             };
             if strip(&old) != strip(&new) {
-                return Err(ApiError::invalid(&rt.kind_group(), name, &[("spec".into(), "Forbidden: pod updates may not change fields other than `spec.containers[*].image`".into())]));
+                return Err(ApiError::invalid(&rt.kind, &rt.group, name, &[("spec".into(), "Forbidden: pod updates may not change fields other than `spec.containers[*].image`".into())]));
             }
         }
         if rt.group == "batch"
@@ -810,7 +815,8 @@ impl Store {
             && old["spec"]["template"] != new["spec"]["template"]
         {
             return Err(ApiError::invalid(
-                &rt.kind_group(),
+                &rt.kind,
+                &rt.group,
                 name,
                 &[(
                     "spec.template".into(),
@@ -822,14 +828,15 @@ impl Store {
         if let Some(schema) = rt.custom.as_ref().and_then(|c| c.schema.as_ref()) {
             let (errors, w) = schema::validate(&mut new, schema, opts.field_validation, true);
             if !errors.is_empty() {
-                return Err(ApiError::invalid(&rt.kind_group(), name, &errors));
+                return Err(ApiError::invalid(&rt.kind, &rt.group, name, &errors));
             }
             warnings = w;
         }
         if rt.storage == CRD_STORAGE {
             let types = resources::from_crd(&new).map_err(|e| {
                 ApiError::invalid(
-                    &rt.kind_group(),
+                    &rt.kind,
+                    &rt.group,
                     name,
                     &[("spec".into(), format!("Invalid value: {e}"))],
                 )

@@ -3,6 +3,7 @@
 //! jobs and are driven by the same operator, so their restore flags and exit
 //! lines must never drift apart.
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
@@ -65,13 +66,14 @@ pub fn report_outcome(
     name: &str,
     outcome: Result<JobOutcome, JobError>,
 ) -> anyhow::Result<ExitCode> {
-    match outcome {
-        Ok(JobOutcome::Finished) => println!("job {name} finished"),
-        Ok(JobOutcome::Stopped(info)) => {
-            println!("job {name} stopped with savepoint {}", info.path)
-        }
-        Ok(JobOutcome::Cancelled) => println!("job {name} cancelled"),
+    let line = match outcome {
+        Ok(JobOutcome::Finished) => format!("job {name} finished"),
+        Ok(JobOutcome::Stopped(info)) => format!("job {name} stopped with savepoint {}", info.path),
+        Ok(JobOutcome::Cancelled) => format!("job {name} cancelled"),
         Err(e) => return Err(anyhow::Error::new(e).context(format!("job {name} failed"))),
-    }
+    };
+    // Nobody may be reading any more (SIGPIPE is ignored in serving
+    // processes): the job's outcome stands, so a closed stdout is no error.
+    let _ = writeln!(std::io::stdout(), "{line}");
     Ok(ExitCode::SUCCESS)
 }
