@@ -325,9 +325,20 @@ mod tests {
             Arc::new(|r: &str| crate::storage::open(r).map_err(|e| e.to_string()));
         let back: Batch<(String, u64)> = decode_batch(&buf[3..], &open).unwrap();
         assert_eq!(back.len(), 6);
-        match (&back[0], &back[3], &back[5]) {
-            (Event::Record(r), Event::Barrier(b), Event::End { drain }) => {
+        match (&back[0], &back[1], &back[2], &back[3], &back[4], &back[5]) {
+            (
+                Event::Record(r),
+                Event::Watermark(wm),
+                Event::Idle(idle),
+                Event::Barrier(b),
+                Event::Record(r2),
+                Event::End { drain },
+            ) => {
                 assert_eq!(r.value, ("a".to_string(), 1));
+                assert_eq!(*wm, 4);
+                assert!(*idle);
+                assert_eq!(r2.value, ("b".to_string(), 2));
+                assert_eq!(r2.timestamp, None);
                 assert_eq!(r.timestamp, Some(5));
                 assert_eq!(b.id, 7);
                 assert_eq!(b.kind, SnapshotKind::StopSavepoint { drain: true });
