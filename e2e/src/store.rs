@@ -695,6 +695,19 @@ impl Store {
                 b
             }
             Change2::Patch(pt, body) => {
+                // A resourceVersion in any patch body is a precondition, as
+                // in the apiserver; apply to the status subresource would
+                // otherwise drop it with the other non-status fields.
+                if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
+                    && !rv.is_empty()
+                    && Some(rv) != old["metadata"]["resourceVersion"].as_str()
+                {
+                    return Err(ApiError::conflict(
+                        &rt.qualified(),
+                        name,
+                        "the object has been modified; please apply your changes to the latest version and try again",
+                    ));
+                }
                 let mut doc = old.clone();
                 match pt {
                     PatchType::Merge => patch::merge_patch(&mut doc, body)?,

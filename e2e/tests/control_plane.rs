@@ -513,6 +513,20 @@ fn crds_serve_their_kind_with_a_status_subresource_and_validation() {
         json!({ "lifecycleState": "Running" }),
         "fields left out of the apply are removed"
     );
+    // A resourceVersion in the applied status is a precondition: a status
+    // decided from an older version of the object is refused.
+    let current = o["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stale = (rv(&o) - 1).to_string();
+    let (c, st) = s.patch(&format!("{path}/status?fieldManager=runnel-operator&force=true"), "application/apply-patch+yaml",
+        json!({ "apiVersion": "runnel.dev/v1alpha1", "kind": "StreamJob", "metadata": { "resourceVersion": stale }, "status": { "lifecycleState": "Failed" } }));
+    assert_eq!(c, 409, "{st}");
+    let (c, o) = s.patch(&format!("{path}/status?fieldManager=runnel-operator&force=true"), "application/apply-patch+yaml",
+        json!({ "apiVersion": "runnel.dev/v1alpha1", "kind": "StreamJob", "metadata": { "resourceVersion": current }, "status": { "lifecycleState": "Running", "jobState": "RUNNING" } }));
+    assert_eq!(c, 200, "{o}");
+    assert_eq!(o["status"]["jobState"], "RUNNING");
     // Strategic merge is not for custom resources.
     assert_eq!(
         s.patch(&path, "application/strategic-merge-patch+json", json!({}))

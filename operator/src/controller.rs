@@ -17,7 +17,7 @@ use tracing::{Instrument, info, warn};
 use crate::control::ControlClient;
 use crate::crd::{FINALIZER, SAVEPOINT_ANNOTATION, StreamJob, StreamJobStatus};
 use crate::defaults::RuntimeDefaults;
-use crate::kubeio::{KubeError, KubeIo, ListedPod};
+use crate::kubeio::{KubeError, KubeIo, ListedPod, StatusWrite};
 use crate::machine::{self, Action, Input, RuntimeObs, TriggerObs, World};
 use crate::metrics::{Metrics, ResultLabel, SavepointLabel};
 use crate::render::{CONTROL_PORT, Owner};
@@ -198,10 +198,19 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
         now_ms: now,
     });
 
-    // Write-ahead: the status records what is about to be done.
+    // Write-ahead: the status records what is about to be done, and only if
+    // the object it was decided from is still current; otherwise nothing is
+    // done and the next round decides from the newer object.
     let mut written = decision.status.clone();
+    let mut version = obj.metadata.resource_version.clone();
     if written != status {
-        io.write_status(&written).await?;
+        match io.write_status(&written, version.as_deref()).await? {
+            StatusWrite::Written { resource_version } => version = resource_version,
+            StatusWrite::Stale => {
+                info!("the StreamJob changed since this view of it; deciding again");
+                return Ok(Requeue::requeue(Duration::from_millis(200)));
+            }
+        }
     }
     if written.lifecycle_state != status.lifecycle_state {
         info!(from = ?status.lifecycle_state, to = ?written.lifecycle_state, "lifecycle");
@@ -269,7 +278,17 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
                             && sp.target_directory == *target_directory
                         {
                             sp.trigger_id = Some(t.trigger_id);
-                            io.write_status(&written).await?;
+                            // A conflict here is like a crash right after the
+                            // trigger: the next round finds the savepoint
+                            // through the runtime and its target directory.
+                            match io.write_status(&written, version.as_deref()).await? {
+                                StatusWrite::Written { resource_version } => {
+                                    version = resource_version
+                                }
+                                StatusWrite::Stale => {
+                                    info!("trigger id not recorded: the StreamJob changed")
+                                }
+                            }
                         }
                     }
                     // Not started; the next round sees no trace and retries

@@ -39,6 +39,15 @@ fn is_status(e: &kube::Error, code: u16) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == code)
 }
 
+/// What became of a status write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// Written; the StreamJob's new resource version.
+    Written { resource_version: Option<String> },
+    /// The StreamJob changed since the version the status was decided from.
+    Stale,
+}
+
 /// A runtime pod as listed, with its IP for the control API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListedPod {
@@ -209,21 +218,40 @@ impl KubeIo {
     }
 
     /// Writes the whole status (server-side apply: fields left out are removed).
-    pub async fn write_status(&self, status: &StreamJobStatus) -> Result<(), KubeError> {
-        let body = serde_json::json!({
+    ///
+    /// With `resource_version`, the write only lands if the StreamJob is still
+    /// at that version: the status is decided from a cached object, and a
+    /// decision made from a stale one (say, before this operator's own last
+    /// write reached the cache) must not be written or acted on: it could
+    /// trigger a savepoint twice or redeploy what is already deployed.
+    pub async fn write_status(
+        &self,
+        status: &StreamJobStatus,
+        resource_version: Option<&str>,
+    ) -> Result<StatusWrite, KubeError> {
+        let mut body = serde_json::json!({
             "apiVersion": "runnel.dev/v1alpha1",
             "kind": "StreamJob",
             "status": status,
         });
-        self.api::<StreamJob>()
+        if let Some(rv) = resource_version {
+            body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+        }
+        match self
+            .api::<StreamJob>()
             .patch_status(
                 &self.owner.name,
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&body),
             )
             .await
-            .map_err(api_err("write the StreamJob status"))?;
-        Ok(())
+        {
+            Ok(obj) => Ok(StatusWrite::Written {
+                resource_version: obj.metadata.resource_version,
+            }),
+            Err(e) if is_status(&e, 409) => Ok(StatusWrite::Stale),
+            Err(e) => Err(api_err("write the StreamJob status")(e)),
+        }
     }
 
     pub async fn remove_savepoint_annotation(&self) -> Result<(), KubeError> {

@@ -6,7 +6,7 @@ use kube::client::Body;
 use runnel_operator::crd::{
     Restore, SavepointInProgress, SavepointTrigger, StreamJobSpec, StreamJobStatus,
 };
-use runnel_operator::kubeio::{KubeIo, ListedPod};
+use runnel_operator::kubeio::{KubeIo, ListedPod, StatusWrite};
 use runnel_operator::machine::{DisposalState, PodObs, PodPhase};
 use runnel_operator::render::Owner;
 use serde_json::{Value, json};
@@ -103,9 +103,46 @@ async fn status_is_written_with_server_side_apply_of_the_whole_status() {
         assert_eq!(body["status"]["savepointInProgress"]["stop"], true);
         assert_eq!(body["status"]["savepointSeq"], 3);
         assert!(body["status"].get("deployment").is_none());
-        reply(send, StatusCode::OK, stream_job());
+        // The version the status was decided from: a precondition.
+        assert_eq!(body["metadata"]["resourceVersion"], "41");
+        let mut obj = stream_job();
+        obj["metadata"]["resourceVersion"] = json!("42");
+        reply(send, StatusCode::OK, obj);
     });
-    io.write_status(&status).await.unwrap();
+    assert_eq!(
+        io.write_status(&status, Some("41")).await.unwrap(),
+        StatusWrite::Written {
+            resource_version: Some("42".into())
+        }
+    );
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_status_decided_from_a_stale_object_is_not_written() {
+    let (io, mut h) = io();
+    let server = tokio::spawn(async move {
+        let (body, send) = expect(
+            &mut h,
+            Method::PATCH,
+            "/apis/runnel.dev/v1alpha1/namespaces/ns/streamjobs/demo/status?&force=true&fieldManager=runnel-operator",
+        )
+        .await;
+        assert_eq!(body["metadata"]["resourceVersion"], "7");
+        reply(
+            send,
+            StatusCode::CONFLICT,
+            json!({"kind":"Status","apiVersion":"v1","metadata":{},"status":"Failure",
+                   "message":"Operation cannot be fulfilled on streamjobs.runnel.dev \"demo\": the object has been modified; please apply your changes to the latest version and try again",
+                   "reason":"Conflict","code":409}),
+        );
+    });
+    assert_eq!(
+        io.write_status(&StreamJobStatus::default(), Some("7"))
+            .await
+            .unwrap(),
+        StatusWrite::Stale
+    );
     server.await.unwrap();
 }
 
