@@ -311,12 +311,16 @@ pub(crate) struct GraphBuilder {
 /// The logical job graph handed to the executor.
 pub struct JobGraph {
     pub(crate) nodes: Vec<Node>,
+    /// Created with the graph, so that functions built into it can hold
+    /// counters of the job's `/metrics` (e.g. declarative expression errors).
+    pub(crate) metrics: Arc<JobMetrics>,
 }
 
 /// Builds a job: sources, transformations and sinks.
 pub struct StreamEnv {
     g: Rc<RefCell<GraphBuilder>>,
     config: JobConfig,
+    metrics: Arc<JobMetrics>,
 }
 
 impl StreamEnv {
@@ -324,7 +328,14 @@ impl StreamEnv {
         StreamEnv {
             g: Rc::new(RefCell::new(GraphBuilder::default())),
             config,
+            metrics: Arc::new(JobMetrics::new()),
         }
+    }
+
+    /// The metrics the job will serve on `/metrics`. Counters taken from it
+    /// while building (e.g. for errors inside closures) are the job's.
+    pub fn metrics(&self) -> &Arc<JobMetrics> {
+        &self.metrics
     }
 
     pub fn config(&self) -> &JobConfig {
@@ -404,7 +415,13 @@ impl StreamEnv {
         if !errors.is_empty() {
             return Err(JobError::InvalidJob(errors.join("; ")));
         }
-        Ok((JobGraph { nodes: g.nodes }, self.config))
+        Ok((
+            JobGraph {
+                nodes: g.nodes,
+                metrics: self.metrics,
+            },
+            self.config,
+        ))
     }
 
     /// Runs the job to completion (bounded sources), cancellation or stop.

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -216,19 +217,25 @@ fn sum_f64(a: &Acc) -> f64 {
     }
 }
 
+/// The `kind` label of [`crate::metrics::JobMetrics::record_errors`] for
+/// values a window aggregate skipped (see [`RecordAggregator`]).
+pub const SKIPPED_VALUE: &str = "aggregate_value";
+
 /// All aggregates of a window step. Bad values (a string to sum, an
 /// expression that fails) are skipped and counted, never fail the job: the
 /// same record would fail it again after every restart.
 #[derive(Clone)]
 pub struct RecordAggregator {
     pub defs: Arc<[AggregateDef]>,
-    pub skipped: Arc<AtomicU64>,
+    /// Values skipped (one per aggregate and record), e.g. the job's
+    /// `record_errors(step, SKIPPED_VALUE)` counter.
+    pub skipped: Counter,
     pub step: Arc<str>,
 }
 
 impl RecordAggregator {
     fn skip(&self, message: &str) {
-        let n = self.skipped.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.skipped.inc() + 1;
         if n == 1 || n.is_power_of_two() {
             tracing::warn!(step = %self.step, skipped = n, "skipping a value: {message}");
         }
