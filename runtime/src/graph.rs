@@ -597,6 +597,23 @@ impl<T: Data> DataStream<T> {
         KeyedStream {
             stream: self,
             key_fn: Arc::new(f),
+            route_fn: None,
+        }
+    }
+
+    /// [`DataStream::key_by`] with a separate function for routing, which
+    /// must give the same key as `key`. The key is computed twice per record
+    /// (to route it, and again in the keyed operator); this lets side effects
+    /// of computing it (counting errors) happen once, in the operator.
+    pub(crate) fn key_by_routed<K: Key>(
+        self,
+        route: impl Fn(&T) -> K + Send + Sync + 'static,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self,
+            key_fn: Arc::new(key),
+            route_fn: Some(Arc::new(route)),
         }
     }
 }
@@ -605,6 +622,8 @@ impl<T: Data> DataStream<T> {
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
     key_fn: KeyFn<T, K>,
+    /// Routes records to subtasks instead of `key_fn` (same keys).
+    route_fn: Option<KeyFn<T, K>>,
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {
@@ -614,7 +633,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         f: F,
     ) -> DataStream<O> {
         let maxp = self.stream.max_parallelism;
-        let kf = self.key_fn.clone();
+        let kf = self.route_fn.unwrap_or_else(|| self.key_fn.clone());
         let kg: KeyGroupFn<T> = Arc::new(move |v: &T| key_group_for_key(&kf(v), maxp));
         let edges = self.stream.edges(
             EdgeKind::Hash,

@@ -778,16 +778,22 @@ impl Builder<'_> {
     }
 }
 
+/// Keys records by `key`; a record whose key fails gets the null key and is
+/// counted once (the key is computed again to route it, without counting).
 fn keyed(
     d: DataStream<Value>,
     key: Expr,
     dropped: Dropped,
 ) -> crate::graph::KeyedStream<Value, Value> {
-    d.key_by(move |v: &Value| match key.eval(v) {
-        Ok(k) => k,
-        Err(m) => {
-            dropped.record(&format!("{m}; using the null key"));
-            Value::Null
-        }
-    })
+    let route = key.clone();
+    d.key_by_routed(
+        move |v: &Value| route.eval(v).unwrap_or(Value::Null),
+        move |v: &Value| match key.eval(v) {
+            Ok(k) => k,
+            Err(m) => {
+                dropped.record(&format!("{m}; using the null key"));
+                Value::Null
+            }
+        },
+    )
 }
