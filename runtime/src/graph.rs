@@ -311,12 +311,16 @@ pub(crate) struct GraphBuilder {
 /// The logical job graph handed to the executor.
 pub struct JobGraph {
     pub(crate) nodes: Vec<Node>,
+    /// Created with the graph, so that functions built into it can hold
+    /// counters of the job's `/metrics` (e.g. declarative expression errors).
+    pub(crate) metrics: Arc<JobMetrics>,
 }
 
 /// Builds a job: sources, transformations and sinks.
 pub struct StreamEnv {
     g: Rc<RefCell<GraphBuilder>>,
     config: JobConfig,
+    metrics: Arc<JobMetrics>,
 }
 
 impl StreamEnv {
@@ -324,7 +328,14 @@ impl StreamEnv {
         StreamEnv {
             g: Rc::new(RefCell::new(GraphBuilder::default())),
             config,
+            metrics: Arc::new(JobMetrics::new()),
         }
+    }
+
+    /// The metrics the job will serve on `/metrics`. Counters taken from it
+    /// while building (e.g. for errors inside closures) are the job's.
+    pub fn metrics(&self) -> &Arc<JobMetrics> {
+        &self.metrics
     }
 
     pub fn config(&self) -> &JobConfig {
@@ -404,7 +415,13 @@ impl StreamEnv {
         if !errors.is_empty() {
             return Err(JobError::InvalidJob(errors.join("; ")));
         }
-        Ok((JobGraph { nodes: g.nodes }, self.config))
+        Ok((
+            JobGraph {
+                nodes: g.nodes,
+                metrics: self.metrics,
+            },
+            self.config,
+        ))
     }
 
     /// Runs the job to completion (bounded sources), cancellation or stop.
@@ -580,6 +597,23 @@ impl<T: Data> DataStream<T> {
         KeyedStream {
             stream: self,
             key_fn: Arc::new(f),
+            route_fn: None,
+        }
+    }
+
+    /// [`DataStream::key_by`] with a separate function for routing, which
+    /// must give the same key as `key`. The key is computed twice per record
+    /// (to route it, and again in the keyed operator); this lets side effects
+    /// of computing it (counting errors) happen once, in the operator.
+    pub(crate) fn key_by_routed<K: Key>(
+        self,
+        route: impl Fn(&T) -> K + Send + Sync + 'static,
+        key: impl Fn(&T) -> K + Send + Sync + 'static,
+    ) -> KeyedStream<K, T> {
+        KeyedStream {
+            stream: self,
+            key_fn: Arc::new(key),
+            route_fn: Some(Arc::new(route)),
         }
     }
 }
@@ -588,6 +622,8 @@ impl<T: Data> DataStream<T> {
 pub struct KeyedStream<K, T> {
     stream: DataStream<T>,
     key_fn: KeyFn<T, K>,
+    /// Routes records to subtasks instead of `key_fn` (same keys).
+    route_fn: Option<KeyFn<T, K>>,
 }
 
 impl<K: Key, T: Data> KeyedStream<K, T> {
@@ -597,7 +633,7 @@ impl<K: Key, T: Data> KeyedStream<K, T> {
         f: F,
     ) -> DataStream<O> {
         let maxp = self.stream.max_parallelism;
-        let kf = self.key_fn.clone();
+        let kf = self.route_fn.unwrap_or_else(|| self.key_fn.clone());
         let kg: KeyGroupFn<T> = Arc::new(move |v: &T| key_group_for_typed_key(&kf(v), maxp));
         let edges = self.stream.edges(
             EdgeKind::Hash,

@@ -100,7 +100,7 @@ impl JobMetrics {
         let record_errors = Family::<ErrorLabels, Counter>::default();
         r.register(
             "record_errors",
-            "Records a source or sink could not process, by kind (skipped, dead-lettered)",
+            "Records an operator could not process, by kind (skipped, dead_lettered, expression, aggregate_value)",
             record_errors.clone(),
         );
         let checkpoints_completed = Counter::default();

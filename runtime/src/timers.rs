@@ -14,9 +14,61 @@ use crate::state::keyed::Key;
 
 type KeySet<K> = IndexSet<K, foldhash::fast::RandomState>;
 
+/// The timers of one timestamp, in registration order. Firing walks a cursor
+/// over the set instead of removing the first element (`shift_remove_index(0)`
+/// moved every later key, which made firing n timers of one timestamp O(n²):
+/// a window end fires one timer per key at the same timestamp). Keys before
+/// the cursor have fired and are no longer timers; the set is dropped when
+/// the cursor reaches its end.
+struct Due<K> {
+    keys: KeySet<K>,
+    fired: usize,
+}
+
+impl<K> Default for Due<K> {
+    fn default() -> Self {
+        Due {
+            keys: KeySet::default(),
+            fired: 0,
+        }
+    }
+}
+
+impl<K: Key> Due<K> {
+    /// Timers that have not fired yet, in firing order.
+    fn live(&self) -> impl Iterator<Item = &K> {
+        self.keys.iter().skip(self.fired)
+    }
+
+    fn live_len(&self) -> usize {
+        self.keys.len() - self.fired
+    }
+
+    fn insert(&mut self, key: &K) {
+        let (i, new) = self.keys.insert_full(key.clone());
+        if !new && i < self.fired {
+            // It fired already at this timestamp (a timer callback registered
+            // it again): it is a new timer, queued after the pending ones, as
+            // if the fired entry had been removed when it fired.
+            self.keys.shift_remove_index(i);
+            self.fired -= 1;
+            self.keys.insert(key.clone());
+        }
+    }
+
+    /// Removes a pending timer; a fired one is not a timer any more.
+    fn remove(&mut self, key: &K) {
+        if let Some(i) = self.keys.get_index_of(key)
+            && i >= self.fired
+        {
+            self.keys.shift_remove_index(i);
+        }
+    }
+}
+
 pub struct TimerService<K> {
-    event: BTreeMap<i64, KeySet<K>>,
-    processing: BTreeMap<i64, KeySet<K>>,
+    event: BTreeMap<i64, Due<K>>,
+    processing: BTreeMap<i64, Due<K>>,
 }
 
 impl<K: Key> Default for TimerService<K> {
@@ -29,7 +81,7 @@ impl<K: Key> Default for TimerService<K> {
 }
 
 impl<K: Key> TimerService<K> {
-    fn queue(&mut self, d: TimeDomain) -> &mut BTreeMap<i64, KeySet<K>> {
+    fn queue(&mut self, d: TimeDomain) -> &mut BTreeMap<i64, Due<K>> {
         match d {
             TimeDomain::EventTime => &mut self.event,
             TimeDomain::ProcessingTime => &mut self.processing,
@@ -38,20 +90,21 @@ impl<K: Key> TimerService<K> {
 
     /// Registering the same (key, timestamp) twice keeps one timer, as in Flink.
     pub fn register(&mut self, d: TimeDomain, key: &K, ts: i64) {
-        self.queue(d).entry(ts).or_default().insert(key.clone());
+        self.queue(d).entry(ts).or_default().insert(key);
     }
 
     pub fn delete(&mut self, d: TimeDomain, key: &K, ts: i64) {
         let q = self.queue(d);
         if let Some(set) = q.get_mut(&ts) {
-            set.shift_remove(key);
-            if set.is_empty() {
+            set.remove(key);
+            if set.live_len() == 0 {
                 q.remove(&ts);
             }
         }
     }
 
-    /// Pops the earliest timer with timestamp <= `upto`.
+    /// Pops the earliest timer with timestamp <= `upto`. Timers of one
+    /// timestamp fire in registration order.
     pub fn pop_due(&mut self, d: TimeDomain, upto: i64) -> Option<(i64, K)> {
         let q = self.queue(d);
         let mut entry = q.first_entry()?;
@@ -59,8 +112,10 @@ impl<K: Key> TimerService<K> {
             return None;
         }
         let ts = *entry.key();
-        let key = entry.get_mut().shift_remove_index(0);
-        if entry.get().is_empty() {
+        let due = entry.get_mut();
+        let key = due.keys.get_index(due.fired).cloned();
+        due.fired += 1;
+        if due.live_len() == 0 {
             entry.remove();
         }
         key.map(|k| (ts, k))
@@ -71,8 +126,8 @@ impl<K: Key> TimerService<K> {
     }
 
     pub fn len(&self) -> usize {
-        self.event.values().map(|s| s.len()).sum::<usize>()
-            + self.processing.values().map(|s| s.len()).sum::<usize>()
+        self.event.values().map(Due::live_len).sum::<usize>()
+            + self.processing.values().map(Due::live_len).sum::<usize>()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -85,8 +140,8 @@ impl<K: Key> TimerService<K> {
         out: &mut BTreeMap<u32, KeyGroupData>,
     ) -> Result<(), SnapshotError> {
         for (domain, q) in [(0u8, &self.event), (1u8, &self.processing)] {
-            for (ts, keys) in q {
-                for k in keys {
+            for (ts, due) in q {
+                for k in due.live() {
                     let kb = postcard::to_allocvec(k)
                         .map_err(|e| SnapshotError::Encode(e.to_string()))?;
                     let kg = key_group_for_bytes(&kb, max_parallelism);
@@ -149,6 +204,63 @@ mod tests {
         assert_eq!(t.pop_due(TimeDomain::EventTime, 25), Some((20, 1)));
         assert_eq!(t.pop_due(TimeDomain::EventTime, 25), None);
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn timers_of_one_timestamp_fire_in_registration_order() {
+        let mut t = TimerService::<u64>::default();
+        let keys: Vec<u64> = (0..1000).map(|i| (i * 7919) % 1000).collect();
+        for k in &keys {
+            t.register(TimeDomain::EventTime, k, 10);
+        }
+        t.register(TimeDomain::EventTime, &5, 10);
+        assert_eq!(t.len(), 1000);
+        let mut fired = Vec::new();
+        while let Some((ts, k)) = t.pop_due(TimeDomain::EventTime, 10) {
+            assert_eq!(ts, 10);
+            fired.push(k);
+        }
+        assert_eq!(fired, keys);
+        assert!(t.is_empty());
+    }
+
+    /// What a timer callback may do while the timers of its timestamp fire:
+    /// the same outcomes as when each fired timer was removed as it fired.
+    #[test]
+    fn registering_and_deleting_while_a_timestamp_fires() {
+        let ev = TimeDomain::EventTime;
+        let mut t = TimerService::<u64>::default();
+        for k in [1, 2, 3, 4] {
+            t.register(ev, &k, 10);
+        }
+        assert_eq!(t.pop_due(ev, 10), Some((10, 1)));
+        assert_eq!(t.pop_due(ev, 10), Some((10, 2)));
+        // Pending: 3, 4. Fired: 1, 2.
+        t.register(ev, &1, 10); // fired: a new timer, after the pending ones
+        t.register(ev, &3, 10); // pending: stays one timer, same place
+        t.delete(ev, &4, 10); // pending: gone
+        t.delete(ev, &2, 10); // fired: nothing to delete
+        assert_eq!(t.len(), 2);
+        let mut snap = BTreeMap::new();
+        t.snapshot(4, &mut snap).unwrap();
+        let mut snapped: Vec<u64> = snap
+            .values()
+            .flat_map(|g| g.timers.iter())
+            .map(|td| postcard::from_bytes(&td.key).unwrap())
+            .collect();
+        snapped.sort();
+        assert_eq!(snapped, vec![1, 3], "only pending timers are snapshotted");
+        assert_eq!(t.pop_due(ev, 10), Some((10, 3)));
+        assert_eq!(t.pop_due(ev, 10), Some((10, 1)));
+        assert_eq!(t.pop_due(ev, 10), None);
+        assert!(t.is_empty());
+        // Deleting the last pending timer of a timestamp removes it.
+        t.register(ev, &1, 20);
+        t.register(ev, &2, 20);
+        assert_eq!(t.pop_due(ev, 20), Some((20, 1)));
+        t.delete(ev, &2, 20);
+        assert!(t.is_empty());
+        assert_eq!(t.pop_due(ev, 20), None);
     }
 
     #[test]

@@ -248,3 +248,105 @@ sinks:
         ]
     );
 }
+
+/// A record whose expression fails at run time is dropped, and counted on the
+/// job's `/metrics` per step: exactly the failing records, summed over the
+/// subtasks.
+#[test]
+fn expression_errors_are_counted_per_step_on_the_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+version: 1
+name: errors
+parallelism: 2
+sources:
+  - name: readings
+    elements:
+      - { id: 1, total: 10, n: 2 }
+      - { id: 2, total: 9, n: 0 }
+      - { id: 3, total: 8, n: 4 }
+      - { id: 4, total: 7, n: 0 }
+      - { id: 5, total: 6, n: 3 }
+      - { id: 6, total: 5, n: 0 }
+      - { id: 7, total: 4, n: 1 }
+steps:
+  - name: positive
+    filter: "total > 0"
+  - name: divide
+    map: { fields: { id: "id", mean: "total / n" } }
+sinks:
+  - name: out
+    file: { path: "{out}/out" }
+"#
+    .replace("{out}", &dir.path().display().to_string());
+    let job = declarative::load_and_build(&yaml, &ConnectorRegistry::new())
+        .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
+    let metrics = job.metrics().clone();
+    job.execute().unwrap();
+    let mut out = read_published(&dir.path().join("out")).unwrap();
+    out.sort_by_key(|x| x["id"].as_i64());
+    assert_eq!(
+        out,
+        vec![
+            json!({"id": 1, "mean": 5}),
+            json!({"id": 3, "mean": 2}),
+            json!({"id": 5, "mean": 2}),
+            json!({"id": 7, "mean": 4}),
+        ]
+    );
+    let text = metrics.encode();
+    let value = |labels: &str| {
+        let prefix = format!("runnel_record_errors_total{{{labels}}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| panic!("no {prefix} in\n{text}"))
+            .to_string()
+    };
+    assert_eq!(value(r#"operator="divide",kind="expression""#), "3");
+    assert_eq!(value(r#"operator="positive",kind="expression""#), "0");
+}
+
+/// A key that fails gives the null key, and the record counts once although
+/// the key is computed twice per record (to route it and in the keyed step).
+#[test]
+fn key_errors_count_once_per_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = r#"
+version: 1
+name: key-errors
+parallelism: 2
+sources:
+  - name: readings
+    elements:
+      - { id: 1, n: 2 }
+      - { id: 2, n: 0 }
+      - { id: 3, n: 4 }
+      - { id: 4, n: 0 }
+      - { id: 5, n: 3 }
+      - { id: 6, n: 0 }
+      - { id: 7, n: 1 }
+steps:
+  - name: once
+    dedup: { key: "10 / n", ttl: 1h }
+sinks:
+  - name: out
+    file: { path: "{out}/out" }
+"#
+    .replace("{out}", &dir.path().display().to_string());
+    let job = declarative::load_and_build(&yaml, &ConnectorRegistry::new())
+        .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
+    let metrics = job.metrics().clone();
+    job.execute().unwrap();
+    let out = read_published(&dir.path().join("out")).unwrap();
+    let mut ids: Vec<i64> = out.iter().filter_map(|r| r["id"].as_i64()).collect();
+    ids.sort();
+    // Keys 5, 2, 3 and 10 pass; ids 2, 4 and 6 share the null key: one passes.
+    assert_eq!(ids.len(), 5, "{out:?}");
+    assert_eq!(ids.iter().filter(|i| [1, 3, 5, 7].contains(i)).count(), 4);
+    let text = metrics.encode();
+    assert!(
+        text.lines()
+            .any(|l| l == r#"runnel_record_errors_total{operator="once",kind="expression"} 3"#),
+        "{text}"
+    );
+}

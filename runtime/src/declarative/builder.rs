@@ -6,7 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::metrics::counter::Counter;
 use std::time::Duration;
 
 use runnel_spec::validate::{WINDOW_END_FIELD, WINDOW_KEY_FIELD, WINDOW_START_FIELD};
@@ -20,12 +21,13 @@ use crate::error::JobError;
 use crate::executor::{JobClient, JobOutcome};
 use crate::functions::TimeDomain;
 use crate::graph::{DataStream, StreamEnv};
+use crate::metrics::JobMetrics;
 use crate::restart::RestartStrategy;
 use crate::state::ttl::{TtlConfig, UpdateType, Visibility};
 use crate::watermark::WatermarkStrategy;
 use crate::windows::{self, Dedup, WindowAssigner, WindowOptions};
 
-use super::aggregates::{AggregateDef, RecordAggregator};
+use super::aggregates::{AggregateDef, RecordAggregator, SKIPPED_VALUE};
 use super::expr::Expr;
 use super::generator::{ElementsSource, GeneratorSourceFn};
 use super::record::{Record, SmolStr};
@@ -52,6 +54,10 @@ impl BuiltJob {
     }
     pub fn execute_async(self) -> Result<JobClient, JobError> {
         self.env.execute_async()
+    }
+    /// The metrics the job serves (its steps' error counters among them).
+    pub fn metrics(&self) -> &Arc<crate::metrics::JobMetrics> {
+        self.env.metrics()
     }
     pub fn into_env(self) -> StreamEnv {
         self.env
@@ -81,13 +87,14 @@ pub fn build_at(
     if !errors.is_empty() {
         return Err(errors);
     }
+    let env = StreamEnv::new(job_config(spec));
     let mut b = Builder {
         spec,
         registry,
         root: Path::root(root),
         errors: Vec::new(),
+        metrics: env.metrics().clone(),
     };
-    let env = StreamEnv::new(b.config());
     b.graph(&env);
     if b.errors.is_empty() {
         Ok(BuiltJob {
@@ -108,6 +115,8 @@ struct Builder<'a> {
     registry: &'a ConnectorRegistry,
     root: Path,
     errors: Vec<SpecError>,
+    /// The job's metrics, for the error counters of its steps.
+    metrics: Arc<JobMetrics>,
 }
 
 fn ms(d: &runnel_spec::DurationSpec) -> u64 {
@@ -115,22 +124,24 @@ fn ms(d: &runnel_spec::DurationSpec) -> u64 {
     d.millis().unwrap_or(0)
 }
 
-/// Counts and logs records dropped because an expression failed on them.
+/// The `kind` label of [`JobMetrics::record_errors`] for records on which an
+/// expression of a step failed at run time.
+pub const EXPRESSION_ERROR: &str = "expression";
+
+/// Counts (on the job's `/metrics`) and logs records on which an expression
+/// failed: a spec that type-checks can still meet records it cannot handle
+/// (a missing field, a division by zero), and such a record must not stop the
+/// job, since it would fail it again after every restart. The log is
+/// throttled to powers of two; the counter is exact.
 #[derive(Clone)]
 struct Dropped {
     step: Arc<str>,
-    n: Arc<AtomicU64>,
+    errors: Counter,
 }
 
 impl Dropped {
-    fn new(step: &str) -> Self {
-        Dropped {
-            step: step.into(),
-            n: Arc::default(),
-        }
-    }
     fn record(&self, message: &str) {
-        let n = self.n.fetch_add(1, Ordering::Relaxed) + 1;
+        let n = self.errors.inc() + 1;
         if n == 1 || n.is_power_of_two() {
             tracing::warn!(step = %self.step, dropped = n, "dropping a record: {message}");
         }
@@ -151,12 +162,16 @@ fn ttl_config(t: &runnel_spec::StateTtlSpec) -> TtlConfig {
 }
 
 impl Builder<'_> {
-    fn err(&mut self, p: &Path, m: impl Into<String>) {
-        self.errors.push(p.err(m));
+    /// The expression-error counter of step (or source) `step`.
+    fn dropped(&self, step: &str) -> Dropped {
+        Dropped {
+            step: step.into(),
+            errors: self.metrics.record_errors(step, EXPRESSION_ERROR),
+        }
     }
 
-    fn config(&self) -> JobConfig {
-        job_config(self.spec)
+    fn err(&mut self, p: &Path, m: impl Into<String>) {
+        self.errors.push(p.err(m));
     }
 }
 
@@ -343,7 +358,7 @@ impl Builder<'_> {
                 );
                 if let Some(t) = &w.timestamp {
                     let e = self.compile(&p.field("watermark").field("timestamp"), t, &fields)?;
-                    let dropped = Dropped::new(&s.name);
+                    let dropped = self.dropped(&s.name);
                     st = st.with_timestamp_assigner(move |v: &Value, _| match e.eval(v) {
                         Ok(Value::Int(ts)) => ts,
                         Ok(Value::UInt(ts)) => i64::try_from(ts).unwrap_or(i64::MAX),
@@ -495,7 +510,7 @@ impl Builder<'_> {
             }
             let out = match (stream, e) {
                 (Some(d), Some(e)) => {
-                    let dropped = Dropped::new(uid);
+                    let dropped = self.dropped(uid);
                     Some(set_par(d.filter(move |v| match e.eval_bool(v) {
                         Ok(b) => b,
                         Err(m) => {
@@ -534,7 +549,7 @@ impl Builder<'_> {
                         .into_iter()
                         .map(|(n, e)| (SmolStr::from(n), e))
                         .collect();
-                    let dropped = Dropped::new(uid);
+                    let dropped = self.dropped(uid);
                     Some(set_par(d.flat_map(move |v: Value, c| {
                         let mut out = match (&v, keep) {
                             (Value::Map(m), true) => m.clone(),
@@ -583,7 +598,7 @@ impl Builder<'_> {
             };
             let out = match (stream, e) {
                 (Some(d), Some(e)) => {
-                    let dropped = Dropped::new(uid);
+                    let dropped = self.dropped(uid);
                     Some(set_par(d.flat_map(move |v: Value, c| match e.eval(&v) {
                         Ok(Value::List(items)) => {
                             for item in items {
@@ -694,10 +709,10 @@ impl Builder<'_> {
             let ok = defs.len() == w.aggregates.len();
             let out = match (stream, key_by, ok) {
                 (Some(d), Some(key), true) => {
-                    let keyed = keyed(d, key, uid);
+                    let keyed = keyed(d, key, self.dropped(uid));
                     let agg = RecordAggregator {
                         defs: defs.into(),
-                        skipped: Arc::default(),
+                        skipped: self.metrics.record_errors(uid, SKIPPED_VALUE),
                         step: uid.into(),
                     };
                     let out = windows::window(keyed, uid, opts, agg);
@@ -715,7 +730,9 @@ impl Builder<'_> {
             let out = match (stream, e) {
                 (Some(s), Some(e)) => {
                     let ttl = Duration::from_millis(ms(&d.ttl));
-                    Some(set_par(keyed(s, e, uid).process(uid, Dedup::new(ttl))))
+                    Some(set_par(
+                        keyed(s, e, self.dropped(uid)).process(uid, Dedup::new(ttl)),
+                    ))
                 }
                 _ => None,
             };
@@ -738,7 +755,7 @@ impl Builder<'_> {
             let out = match stream {
                 Some(d) => {
                     let input = match key_by {
-                        Some(k) => OperatorInput::Keyed(keyed(d, k, uid)),
+                        Some(k) => OperatorInput::Keyed(keyed(d, k, self.dropped(uid))),
                         None => OperatorInput::Stream(d),
                     };
                     let ctx = OperatorContext {
@@ -761,13 +778,22 @@ impl Builder<'_> {
     }
 }
 
-fn keyed(d: DataStream<Value>, key: Expr, uid: &str) -> crate::graph::KeyedStream<Value, Value> {
-    let dropped = Dropped::new(uid);
-    d.key_by(move |v: &Value| match key.eval(v) {
-        Ok(k) => k,
-        Err(m) => {
-            dropped.record(&format!("{m}; using the null key"));
-            Value::Null
-        }
-    })
+/// Keys records by `key`; a record whose key fails gets the null key and is
+/// counted once (the key is computed again to route it, without counting).
+fn keyed(
+    d: DataStream<Value>,
+    key: Expr,
+    dropped: Dropped,
+) -> crate::graph::KeyedStream<Value, Value> {
+    let route = key.clone();
+    d.key_by_routed(
+        move |v: &Value| route.eval(v).unwrap_or(Value::Null),
+        move |v: &Value| match key.eval(v) {
+            Ok(k) => k,
+            Err(m) => {
+                dropped.record(&format!("{m}; using the null key"));
+                Value::Null
+            }
+        },
+    )
 }

@@ -185,7 +185,19 @@ impl Value {
 /// order), written out because keyed state and timers compare keys on every
 /// record and the ordering path was a visible share of that.
 impl PartialEq for Value {
+    /// Integer keys (the common case) compare inline; everything else takes
+    /// the general, recursive path.
+    #[inline]
     fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Value::Int(a), Value::Int(b)) => a == b,
+            _ => self.eq_general(other),
+        }
+    }
+}
+
+impl Value {
+    fn eq_general(&self, other: &Self) -> bool {
         match (self, other) {
             (Value::Null, Value::Null) => true,
             (Value::Bool(a), Value::Bool(b)) => a == b,
@@ -226,13 +238,20 @@ impl Ord for Value {
     }
 }
 
+/// Only in-memory hash maps (keyed state, timers) see this hash; key groups
+/// hash the postcard encoding instead (`keygroup`), so it may change freely.
 impl Hash for Value {
+    #[inline]
     fn hash<H: Hasher>(&self, state: &mut H) {
+        // Integer keys: one write instead of the rank and then the value.
+        if let Value::Int(i) = self {
+            state.write_i64(*i);
+            return;
+        }
         self.rank().hash(state);
         match self {
-            Value::Null => {}
+            Value::Int(_) | Value::Null => {}
             Value::Bool(b) => b.hash(state),
-            Value::Int(i) => i.hash(state),
             Value::UInt(u) => u.hash(state),
             Value::Float(f) => f.to_bits().hash(state),
             Value::String(s) => s.hash(state),
@@ -301,6 +320,56 @@ mod tests {
         for a in &vals {
             for b in &vals {
                 assert_eq!(a == b, a.cmp(b) == Ordering::Equal, "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// Key groups of declarative keys are persisted (state and timers are
+    /// stored per key group): they hash the postcard bytes, pinned here by
+    /// hand-derived bytes, never the in-memory `Hash` (which has a fast path
+    /// for integers).
+    #[test]
+    fn key_groups_of_values_are_pinned_to_their_encoding() {
+        use crate::keygroup::{key_group_for_bytes, key_group_for_key};
+        let cases: [(Value, &[u8]); 6] = [
+            (Value::Null, &[0]),
+            (Value::Bool(true), &[1, 1]),
+            (Value::Int(7), &[2, 14]),
+            (Value::UInt(300), &[3, 0xAC, 0x02]),
+            (Value::String("u1".into()), &[5, 2, b'u', b'1']),
+            (record([("k", Value::Int(3))]), &[8, 1, 1, b'k', 2, 6]),
+        ];
+        for (v, bytes) in cases {
+            assert_eq!(postcard::to_allocvec(&v).unwrap(), bytes, "{v:?}");
+            for maxp in [128, 1000, 32_768] {
+                assert_eq!(
+                    key_group_for_key(&v, maxp).unwrap(),
+                    key_group_for_bytes(bytes, maxp),
+                    "{v:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn hash_agrees_with_equality() {
+        use std::hash::BuildHasher;
+        let h = foldhash::fast::FixedState::with_seed(1);
+        let vals = [
+            Value::Int(1),
+            Value::Int(1),
+            Value::UInt(1),
+            Value::String("1".into()),
+            record([("a", Value::Int(1))]),
+            record([("a", Value::Int(1))]),
+            Value::List(vec![Value::Int(1), Value::Null]),
+            Value::List(vec![Value::Int(1), Value::Null]),
+        ];
+        for a in &vals {
+            for b in &vals {
+                if a == b {
+                    assert_eq!(h.hash_one(a), h.hash_one(b), "{a:?} vs {b:?}");
+                }
             }
         }
     }

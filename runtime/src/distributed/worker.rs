@@ -35,7 +35,6 @@ use super::{DistributedError, JobFactory};
 use crate::error::TaskError;
 use crate::executor::MasterMsg;
 use crate::executor::deploy::{Placement, deploy_placed, spawn_uploader};
-use crate::metrics::JobMetrics;
 use crate::storage::CheckpointStorage;
 use crate::task::Control;
 use crate::task::chain::Notification;
@@ -473,7 +472,7 @@ fn deploy(
     let (mtx, mrx) = unbounded::<MasterMsg>();
     let (up_tx, up_rx) = unbounded();
     let uploader = spawn_uploader(up_rx, mtx.clone()).map_err(|e| format!("uploader: {e}"))?;
-    let metrics = Arc::new(JobMetrics::new());
+    let metrics = graph.metrics.clone();
     let placed = Placed(&spec.assignment, spec.worker);
     let mut d = deploy_placed(
         &graph,

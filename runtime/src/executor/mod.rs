@@ -302,7 +302,7 @@ pub(crate) fn start_with(
             Some(snap.uri)
         }
     };
-    let metrics = Arc::new(JobMetrics::new());
+    let metrics = graph.metrics.clone();
     let mut master = Master {
         deployer,
         metrics: metrics.clone(),

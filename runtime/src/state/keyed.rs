@@ -961,6 +961,47 @@ impl<UK: Key, UV: StateValue> MapState<UK, UV> {
         }
         Ok(())
     }
+    /// Read-modify-write of one entry in place: `f` gets the value that
+    /// [`MapState::get`] would return (with the same TTL visibility), or
+    /// `init()` when there is none, plus whether there was one; the entry then
+    /// counts as written, as after [`MapState::put`]. Prefer it to `get` +
+    /// `put` on hot paths: that pair looks the key up twice and clones the
+    /// value out and back.
+    pub fn update_with<K: Key, R>(
+        &self,
+        ctx: &mut impl KeyedStateAccess<K>,
+        uk: UK,
+        init: impl FnOnce() -> UV,
+        f: impl FnOnce(&mut UV, bool) -> R,
+    ) -> Result<R, UserError> {
+        let (b, key) = ctx.keyed_parts();
+        let now = now_if(b, &self.ttl);
+        let t = b.table::<MapEntries<UK, UV>>(self.id)?;
+        let ttl = t.ttl;
+        let m = match t.map.entry(key) {
+            Slot::Occupied(m) => m,
+            Slot::Vacant(slot) => slot.insert(MapEntries(FastMap::default())),
+        };
+        let (e, existed) = match m.0.entry(uk) {
+            std::collections::hash_map::Entry::Occupied(o) => {
+                let e = o.into_mut();
+                let visible = match on_read(ttl.as_ref(), e.ts, now) {
+                    ReadOutcome::Live { .. } => true,
+                    ReadOutcome::Expired { return_it } => return_it,
+                };
+                if !visible {
+                    e.v = init();
+                }
+                (e, visible)
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                (v.insert(Entry { v: init(), ts: now }), false)
+            }
+        };
+        let r = f(&mut e.v, existed);
+        e.ts = now;
+        Ok(r)
+    }
     pub fn remove<K: Key>(
         &self,
         ctx: &mut impl KeyedStateAccess<K>,
@@ -1593,6 +1634,69 @@ mod tests {
                     // Without TTL every step saw the previous value.
                     if !ttl_on {
                         assert_eq!(seen.last(), Some(&Some(12345)));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn map_update_with_follows_get_and_put_under_every_ttl_configuration() {
+        for update in [UpdateType::OnCreateAndWrite, UpdateType::OnReadAndWrite] {
+            for vis in [
+                Visibility::NeverReturnExpired,
+                Visibility::ReturnExpiredIfNotCleanedUp,
+            ] {
+                for ttl_on in [false, true] {
+                    // Two backends in lockstep: get + put against update_with.
+                    let (clock, t) = Clock::manual(0);
+                    let mut d = MapStateDescriptor::<u32, u64>::new("m");
+                    if ttl_on {
+                        d = d.with_ttl(ttl(update, vis));
+                    }
+                    let mut b1 = backend(clock.clone());
+                    let mut b2 = backend(clock);
+                    let s1 = MapState::register(&mut b1, &d).unwrap();
+                    let s2 = MapState::register(&mut b2, &d).unwrap();
+                    let steps = [
+                        (0, 1),
+                        (10, 2),
+                        (50, 1),
+                        (200, 1),
+                        (210, 2),
+                        (400, 2),
+                        (401, 1),
+                    ];
+                    for (step, (now, uk)) in steps.into_iter().enumerate() {
+                        t.set(now);
+                        let c1 = &mut Ctx { b: &mut b1, k: 1 };
+                        let old = s1.get(c1, &uk).unwrap();
+                        s1.put(c1, uk, old.unwrap_or(0) * 10 + step as u64).unwrap();
+                        let c2 = &mut Ctx { b: &mut b2, k: 1 };
+                        let got = s2
+                            .update_with(
+                                c2,
+                                uk,
+                                || 0,
+                                |v, existed| {
+                                    let seen = existed.then_some(*v);
+                                    *v = *v * 10 + step as u64;
+                                    seen
+                                },
+                            )
+                            .unwrap();
+                        assert_eq!(got, old, "{update:?} {vis:?} ttl={ttl_on} at {now}");
+                    }
+                    for now in [402, 1_000] {
+                        t.set(now);
+                        let mut e1 = s1.entries(&mut Ctx { b: &mut b1, k: 1 }).unwrap();
+                        let mut e2 = s2.entries(&mut Ctx { b: &mut b2, k: 1 }).unwrap();
+                        e1.sort();
+                        e2.sort();
+                        assert_eq!(e1, e2, "{update:?} {vis:?} ttl={ttl_on} at {now}");
+                        if !ttl_on && now == 402 {
+                            assert_eq!(e1, vec![(1, 236), (2, 145)]);
+                        }
                     }
                 }
             }

@@ -166,23 +166,23 @@ where
         Ok(())
     }
 
-    /// Adds a record to window `w` (already known not to be late).
+    /// After a record was added to window `w` (not late): fires it again if
+    /// the watermark passed it already (a late firing, with `late_acc`, the
+    /// updated accumulator) and registers its timers unless it has them.
     /// `had_state`: the window already had an accumulator before this record,
     /// so its timers are registered already (see [`timers_needed`]).
-    fn add_to(
+    fn added(
         &self,
         ctx: &mut Ctx<'_, '_, K, A::Out, In>,
         w: TimeWindow,
-        acc: A::Acc,
+        late_acc: Option<&A::Acc>,
         had_state: bool,
     ) -> FnResult {
-        let state = self.windows.as_ref().ok_or_else(not_initialized)?;
-        let now = self.now(ctx);
-        let fired = w.max_timestamp() <= now && self.opts.time == TimeDomain::EventTime;
-        if fired {
+        let fired = late_acc.is_some();
+        if let Some(acc) = late_acc {
             // Late but within the allowed lateness: the window already fired,
             // so fire again with the updated result (Flink's late firing).
-            self.emit(ctx, Some(w), &acc)?;
+            self.emit(ctx, Some(w), acc)?;
         }
         if timers_needed(had_state, fired) {
             if !fired {
@@ -193,7 +193,39 @@ where
                 self.register(ctx, cleanup_time(&w, lateness));
             }
         }
-        state.put(ctx, w, acc)
+        Ok(())
+    }
+
+    /// Whether window `w` has fired already (its firing time has passed).
+    fn has_fired(&self, ctx: &Ctx<'_, '_, K, A::Out, In>, w: &TimeWindow) -> bool {
+        self.opts.time == TimeDomain::EventTime && w.max_timestamp() <= self.now(ctx)
+    }
+
+    /// Tumbling and sliding windows: the window that fires at timer `ts` and
+    /// the one whose state is dropped at `ts` (each may not exist), computed
+    /// instead of scanning every window of the key. Every window in state has
+    /// its timers (see [`timers_needed`]; only session merges delete timers),
+    /// so a timer only ever concerns these two windows. `None` (scan) for
+    /// sessions and for windows at the ends of the i64 range, whose bounds
+    /// the assigner saturated.
+    fn windows_of_timer(
+        &self,
+        ts: i64,
+        lateness: i64,
+    ) -> Option<(Option<TimeWindow>, Option<TimeWindow>)> {
+        let (size, slide) = match self.opts.assigner {
+            WindowAssigner::Tumbling { size_ms } => (size_ms, size_ms),
+            WindowAssigner::Sliding { size_ms, slide_ms } => (size_ms, slide_ms),
+            _ => return None,
+        };
+        let ending_at = |max_ts: i64| -> Option<Option<TimeWindow>> {
+            let end = max_ts.checked_add(1)?;
+            let start = end.checked_sub(size)?;
+            end.checked_add(size)?;
+            start.checked_sub(slide)?;
+            Some((start.rem_euclid(slide) == 0).then(|| TimeWindow::new(start, end)))
+        };
+        Some((ending_at(ts)?, ending_at(ts.checked_sub(lateness)?)?))
     }
 
     fn process_count(
@@ -279,7 +311,9 @@ where
                 }
             }
             self.agg.add(&mut acc, &value, ts)?;
-            return self.add_to(ctx, merged, acc, false);
+            let late = self.has_fired(ctx, &merged).then(|| acc.clone());
+            state.put(ctx, merged, acc)?;
+            return self.added(ctx, merged, late.as_ref(), false);
         }
         let mut accepted = false;
         for w in self.opts.assigner.windows(ts) {
@@ -287,12 +321,19 @@ where
                 continue;
             }
             accepted = true;
-            let (mut acc, had_state) = match state.get(ctx, &w)? {
-                Some(a) => (a, true),
-                None => (self.agg.create(), false),
-            };
-            self.agg.add(&mut acc, &value, ts)?;
-            self.add_to(ctx, w, acc, had_state)?;
+            let fired = self.has_fired(ctx, &w);
+            // One lookup, the accumulator updated in place.
+            let (had_state, added, late) = state.update_with(
+                ctx,
+                w,
+                || self.agg.create(),
+                |acc, had_state| {
+                    let added = self.agg.add(acc, &value, ts);
+                    (had_state, added, fired.then(|| acc.clone()))
+                },
+            )?;
+            added?;
+            self.added(ctx, w, late.as_ref(), had_state)?;
         }
         if !accepted {
             ctx.out.collect(WindowOutput::Late(value));
@@ -305,6 +346,17 @@ where
             return Ok(());
         };
         let lateness = self.lateness();
+        if let Some((fires, dropped)) = self.windows_of_timer(timestamp, lateness) {
+            if let Some(w) = fires
+                && let Some(acc) = state.get(ctx, &w)?
+            {
+                self.emit(ctx, Some(w), &acc)?;
+            }
+            if let Some(w) = dropped {
+                state.remove(ctx, &w)?;
+            }
+            return Ok(());
+        }
         let mut windows = state.entries(ctx)?;
         windows.sort_by_key(|(w, _)| *w);
         for (w, acc) in windows {
