@@ -102,18 +102,22 @@ sinks:
     });
     let mut errors = series(&client.metrics().encode(), "runnel_record_errors_total{");
     errors.sort_by(|a, b| b.0.cmp(&a.0));
-    // Both series exist from the start (so alerts see 0, not "no data").
+    // Every series exists from the start (so alerts see 0, not "no data"):
+    // the source's deserialization outcomes and each expression step's
+    // failures; only the one poison record was dead-lettered.
+    let series_of = |operator: &str, kind: &str, v: f64| {
+        (
+            format!("runnel_record_errors_total{{operator=\"{operator}\",kind=\"{kind}\"}}"),
+            v,
+        )
+    };
     assert_eq!(
         errors,
         vec![
-            (
-                "runnel_record_errors_total{operator=\"in\",kind=\"skipped\"}".to_string(),
-                0.0
-            ),
-            (
-                "runnel_record_errors_total{operator=\"in\",kind=\"dead_lettered\"}".to_string(),
-                1.0
-            )
+            series_of("map-1", "expression", 0.0),
+            series_of("in", "skipped", 0.0),
+            series_of("in", "dead_lettered", 1.0),
+            series_of("filter-0", "expression", 0.0),
         ]
     );
     client.cancel().unwrap();
