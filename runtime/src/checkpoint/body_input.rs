@@ -105,6 +105,8 @@ impl<'r> BodyInput<'r> {
                     return false;
                 }
                 Ok(n) => {
+                    // A reader may not claim more than it was given room for.
+                    let n = n.min(room);
                     let got = &self.buf[self.end..self.end + n];
                     self.whole.update(got);
                     self.body.update(got);
