@@ -6,12 +6,13 @@
 //! one state file per stateful operator subtask. All paths in `_metadata` are
 //! relative to the directory, so a snapshot can be copied anywhere and restored.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use xxhash_rust::xxh64::Xxh64;
 
+use super::body_input::BodyInput;
 use crate::error::SnapshotError;
 use crate::keygroup::KeyGroupRange;
 
@@ -239,87 +240,6 @@ pub fn encode_state_file(state: &SubtaskState) -> Result<Vec<u8>, SnapshotError>
     Ok(out)
 }
 
-/// Hashes what is read through it (whole stream, or body while `in_body`).
-struct HashingReader<R: Read> {
-    inner: R,
-    hash: Xxh64,
-    read: u64,
-}
-
-impl<R: Read> Read for HashingReader<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hash.update(&buf[..n]);
-        self.read += n as u64;
-        Ok(n)
-    }
-}
-
-/// A postcard deserializer input that reads from a stream. postcard's own
-/// `from_io` keeps every byte string in one scratch buffer that only grows, so it
-/// would need the whole body in memory; this flavor reuses one scratch buffer
-/// (the state types own their data, so nothing borrows from the input) and bounds
-/// every allocation by the bytes the body can still hold, so a corrupt length
-/// cannot make it allocate absurd amounts.
-struct StreamFlavor<R: BufRead> {
-    reader: R,
-    remaining: u64,
-    scratch: Vec<u8>,
-    eof: bool,
-}
-
-impl<'de, R: BufRead + 'de> postcard::de_flavors::Flavor<'de> for StreamFlavor<R> {
-    type Remainder = (R, u64, bool);
-    type Source = ();
-
-    fn pop(&mut self) -> postcard::Result<u8> {
-        if self.remaining == 0 {
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
-        }
-        let mut b = [0u8; 1];
-        match self.reader.read_exact(&mut b) {
-            Ok(()) => {
-                self.remaining -= 1;
-                Ok(b[0])
-            }
-            Err(_) => {
-                self.eof = true;
-                Err(postcard::Error::DeserializeUnexpectedEnd)
-            }
-        }
-    }
-
-    fn size_hint(&self) -> Option<usize> {
-        usize::try_from(self.remaining).ok()
-    }
-
-    fn try_take_n(&mut self, _ct: usize) -> postcard::Result<&'de [u8]> {
-        // Only borrowed (`&'de`) data needs this; the state types own theirs.
-        Err(postcard::Error::DeserializeBadEncoding)
-    }
-
-    fn try_take_n_temp<'a>(&'a mut self, ct: usize) -> postcard::Result<&'a [u8]>
-    where
-        'de: 'a,
-    {
-        if ct as u64 > self.remaining {
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
-        }
-        self.scratch.clear();
-        self.scratch.resize(ct, 0);
-        if self.reader.read_exact(&mut self.scratch).is_err() {
-            self.eof = true;
-            return Err(postcard::Error::DeserializeUnexpectedEnd);
-        }
-        self.remaining -= ct as u64;
-        Ok(&self.scratch)
-    }
-
-    fn finalize(self) -> postcard::Result<Self::Remainder> {
-        Ok((self.reader, self.remaining, self.eof))
-    }
-}
-
 /// Reads a state file of `size` bytes from a stream, verifying it as it goes: the
 /// body checksum in the trailer, the exact length, and (when given) the
 /// whole-file checksum recorded in `_metadata`. A corrupt file is reported as a
@@ -341,13 +261,8 @@ pub fn read_state_file(
     if size < HEADER_LEN + TRAILER_LEN {
         return Err(corrupt(format!("truncated: only {size} bytes")));
     }
-    let mut whole = HashingReader {
-        inner: input,
-        hash: Xxh64::new(0),
-        read: 0,
-    };
     let mut header = [0u8; HEADER_LEN as usize];
-    whole.read_exact(&mut header).map_err(|e| {
+    input.read_exact(&mut header).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             corrupt("truncated header".into())
         } else {
@@ -363,40 +278,33 @@ pub fn read_state_file(
             "unsupported state file version {version} (this runtime reads {STATE_FILE_VERSION})"
         )));
     }
+    let mut whole = Xxh64::new(0);
+    whole.update(&header);
     let body_len = size - HEADER_LEN - TRAILER_LEN;
-    let body = HashingReader {
-        inner: (&mut whole).take(body_len),
-        hash: Xxh64::new(0),
-        read: 0,
-    };
-    let flavor = StreamFlavor {
-        reader: BufReader::with_capacity(256 * 1024, body),
-        remaining: body_len,
-        scratch: Vec::new(),
-        eof: false,
-    };
-    let mut de = postcard::Deserializer::from_flavor(flavor);
+    let mut de = postcard::Deserializer::from_flavor(BodyInput::new(input, body_len, whole));
     let decoded = SubtaskState::deserialize(&mut de);
-    let (mut reader, remaining, eof) = de
+    let end = de
         .finalize()
-        .map_err(|e| corrupt(format!("undecodable body: {e}")))?;
-    // Whatever happened, run the rest of the body through the checksums so that
-    // corruption is reported as such (bounded: the body length is known).
-    let drained = std::io::copy(&mut reader, &mut std::io::sink()).map_err(read_err)?;
-    let body = reader.into_inner();
-    let body_read = body.read;
-    let body_sum = body.hash.digest();
+        .map_err(|e| corrupt(format!("undecodable body: {e}")))?
+        .finish();
+    // A failing source is a storage problem, not a corrupt file: reporting it
+    // as corruption would let discovery skip to an older checkpoint.
+    if let Some(e) = end.error {
+        return Err(read_err(e));
+    }
+    let mut whole = end.whole;
     let mut tail = [0u8; TRAILER_LEN as usize];
-    let tail_ok = body_read == body_len && whole.read_exact(&mut tail).is_ok();
+    let tail_ok = end.unread == 0 && read_full(input, &mut tail).map_err(read_err)?;
     let mut extra = [0u8; 1];
-    let longer = tail_ok && whole.read(&mut extra).map_err(read_err)? > 0;
-    let whole_sum = format!("{:016x}", whole.hash.digest());
+    let longer = tail_ok && read_full(input, &mut extra).map_err(read_err)?;
     if !tail_ok {
         return Err(corrupt(format!(
             "truncated: the stream ended after {} of {size} bytes (truncated or replaced)",
-            whole.read
+            HEADER_LEN + body_len - end.unread
         )));
     }
+    whole.update(&tail);
+    let whole_sum = format!("{:016x}", whole.digest());
     if let Some(expected) = expected_checksum
         && expected != whole_sum
     {
@@ -407,19 +315,28 @@ pub fn read_state_file(
             "longer than the {size} bytes _metadata records (truncated or replaced)"
         )));
     }
-    if body_sum != u64::from_le_bytes(tail) {
+    if end.body_digest != u64::from_le_bytes(tail) {
         return Err(corrupt(
             "checksum mismatch (the file is truncated or corrupt)".into(),
         ));
     }
     let state = decoded.map_err(|e| corrupt(format!("undecodable body: {e}")))?;
-    if remaining != 0 || drained != 0 || eof {
+    if end.unconsumed != 0 {
         return Err(corrupt(format!(
             "{} bytes after the encoded state (corrupt)",
-            remaining
+            end.unconsumed
         )));
     }
     Ok(state)
+}
+
+/// Fills `buf` from `r`: `Ok(false)` if the stream ends first.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<bool> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Decodes a state file held in memory (see [`read_state_file`]).
@@ -559,6 +476,59 @@ mod tests {
             read_state_file("f", &mut r, d.size, Some(&d.checksum)).unwrap(),
             st
         );
+    }
+
+    /// Byte strings that straddle read blocks, or exceed one, come out whole;
+    /// sources that return a few bytes per read are fine.
+    #[test]
+    fn byte_strings_across_and_beyond_blocks_decode() {
+        use crate::checkpoint::body_input::BLOCK;
+        let mut st = sample();
+        st.key_groups[0].tables[0].entries = (0..3000u32)
+            .map(|i| {
+                (
+                    ByteBuf::from(i.to_le_bytes().to_vec()),
+                    ByteBuf::from(vec![i as u8; 1000 + (i as usize % 7)]),
+                )
+            })
+            .collect();
+        st.in_flight = vec![
+            ByteBuf::from(vec![1u8; BLOCK]),
+            ByteBuf::from(vec![2u8; 3 * BLOCK + 5]),
+        ];
+        let bytes = encode_state_file(&st).unwrap();
+        assert!(bytes.len() > 4 * BLOCK);
+        assert_eq!(decode_state_file("f", &bytes).unwrap(), st);
+        let mut r = std::io::BufReader::with_capacity(4093, &bytes[..]);
+        assert_eq!(
+            read_state_file("f", &mut r, bytes.len() as u64, None).unwrap(),
+            st
+        );
+    }
+
+    /// A source that fails mid-body (S3 going away) is a read error, not a
+    /// corrupt file: discovery must not skip to an older checkpoint for it.
+    #[test]
+    fn a_failing_source_is_a_read_error_not_corruption() {
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("connection reset"));
+                }
+                let n = self.0.len().min(buf.len()).min(100);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let mut st = sample();
+        st.in_flight = vec![ByteBuf::from(vec![5u8; 10_000])];
+        let bytes = encode_state_file(&st).unwrap();
+        let mut r = Failing(&bytes[..bytes.len() / 2]);
+        let err = read_state_file("f", &mut r, bytes.len() as u64, None).unwrap_err();
+        assert!(matches!(err, SnapshotError::Read { .. }), "{err:?}");
+        assert!(err.to_string().contains("connection reset"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Checkpoints and savepoints: the persisted format, loading and discovery, and
 //! how restored state is redistributed to a (possibly different) parallelism.
 
+mod body_input;
 pub mod format;
 pub mod redistribute;
 pub mod retention;
@@ -44,8 +45,19 @@ pub fn unique_state_file_name(uid: &str, subtask: u32) -> String {
     )
 }
 
-/// State files fetched and decoded concurrently during a restore.
+/// State files fetched and decoded concurrently during a restore, at most.
 const RESTORE_THREADS: usize = 4;
+
+/// How many of `files` state files a restore fetches and decodes at once: a
+/// few, but no more than there are cores. Public so that benchmarks can compare
+/// a restore with a plain download at the same concurrency.
+pub fn restore_concurrency(files: usize) -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, RESTORE_THREADS)
+        .min(files.max(1))
+}
 
 /// A snapshot read from storage and verified (sizes and checksums).
 #[derive(Debug)]
@@ -101,11 +113,7 @@ pub fn load_snapshot(uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
         .collect();
     // Files are fetched and decoded on a few threads at once: decoding is
     // CPU-bound, so one stream at a time leaves the network idle.
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, RESTORE_THREADS)
-        .min(files.len().max(1));
+    let threads = restore_concurrency(files.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results: Vec<Result<Vec<(usize, SubtaskState)>, SnapshotError>> =
         std::thread::scope(|scope| {

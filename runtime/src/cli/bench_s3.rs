@@ -6,16 +6,22 @@
 //! encoded and streamed with `format::write_state_file` into the storage's
 //! object writer (what the uploader thread does), `_metadata` is committed with
 //! a conditional create, and the restore is `checkpoint::load_snapshot` (stream,
-//! checksum and decode every state file, a few files at a time). Uploads go one
-//! file after another, as on the single uploader thread. The plain side writes and reads the same byte count
-//! through the same `ObjectWriter`/reader without encoding, so the ratio is what
-//! the snapshot format costs on top of the transfer itself.
+//! checksum and decode every state file, a few files at a time).
+//!
+//! The plain side writes and reads the same byte count through the same
+//! client, `ObjectWriter` and reader without encoding, under the same
+//! conditions: same part size and parts in flight, uploads one file after
+//! another (as on the single uploader thread), downloads as many files at once
+//! as the restore fetches. So the ratio is what the snapshot format costs on top
+//! of the transfer itself. Each round runs both sides; odd rounds run the plain
+//! side first, so that an order effect does not always favour one side.
 //!
 //! Without `--uri` it starts `moto_server` on a free loopback port.
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -25,7 +31,7 @@ use runnel_runtime::checkpoint::format::{
     SubtaskMeta, SubtaskState, TableData,
 };
 use runnel_runtime::checkpoint::{self, format};
-use runnel_runtime::storage;
+use runnel_runtime::storage::{self, CheckpointStorage};
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 
@@ -46,6 +52,10 @@ pub struct BenchS3Args {
     /// State files (subtasks) the state is split into.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=128))]
     files: u32,
+    /// Rounds of (upload, download) pairs; odd rounds run the plain side
+    /// first. Each round reports its own ratios.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=10))]
+    rounds: u32,
     /// Print machine-readable JSON.
     #[arg(long)]
     json: bool,
@@ -55,8 +65,17 @@ pub struct BenchS3Args {
 struct Report {
     uri: String,
     state_bytes: u64,
-    file_bytes: u64,
     files: u32,
+    /// Files fetched at once, by the restore and by the plain download alike.
+    concurrent_downloads: u32,
+    rounds: Vec<Round>,
+}
+
+#[derive(Debug, Serialize)]
+struct Round {
+    round: u32,
+    plain_first: bool,
+    file_bytes: u64,
     plain_upload_s: f64,
     plain_upload_mib_s: f64,
     checkpoint_upload_s: f64,
@@ -160,6 +179,209 @@ fn mib_s(bytes: u64, s: f64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0) / s.max(1e-9)
 }
 
+/// Encodes and streams every state file one after another (as the single
+/// uploader thread does), then commits `_metadata`. Returns the metadata.
+fn checkpoint_upload(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    states: &[SubtaskState],
+) -> anyhow::Result<SnapshotMetadata> {
+    let mut subtasks = Vec::new();
+    for (i, state) in states.iter().enumerate() {
+        let file = checkpoint::unique_state_file_name("bench", i as u32);
+        let mut w = st.create(&storage::join(dir, &file))?;
+        let d = format::write_state_file(state, &mut w)?;
+        w.finish()?;
+        subtasks.push(SubtaskMeta {
+            index: i as u32,
+            key_groups: None,
+            file,
+            size: d.size,
+            checksum: d.checksum,
+            keyed_entries: state
+                .key_groups
+                .iter()
+                .map(|k| k.tables[0].entries.len() as u64)
+                .sum(),
+            operator_state_items: 0,
+            in_flight_records: 0,
+        });
+    }
+    let md = SnapshotMetadata {
+        format: FORMAT_NAME.into(),
+        version: FORMAT_VERSION,
+        kind: "checkpoint".into(),
+        checkpoint_id: 1,
+        job_name: "bench-s3".into(),
+        created_ms: 0,
+        max_parallelism: 128,
+        operators: vec![OperatorMeta {
+            uid: "bench".into(),
+            parallelism: states.len() as u32,
+            keyed_states: vec![],
+            subtasks,
+        }],
+    };
+    st.write_new(
+        &storage::join(dir, METADATA_FILE),
+        &serde_json::to_vec(&md)?,
+    )?;
+    Ok(md)
+}
+
+/// Uploads `sizes` bytes per file plainly, same files one after another.
+fn plain_upload(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    sizes: &[(String, u64)],
+) -> anyhow::Result<()> {
+    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    for (file, size) in sizes {
+        let mut w = st.create(&storage::join(dir, file))?;
+        let mut left = *size;
+        while left > 0 {
+            let n = left.min(chunk.len() as u64) as usize;
+            w.write_all(&chunk[..n])?;
+            left -= n as u64;
+        }
+        w.finish()?;
+    }
+    Ok(())
+}
+
+/// Downloads the files and discards the bytes, as many files at once as a
+/// restore fetches ([`checkpoint::restore_concurrency`]). Returns the bytes read.
+fn plain_download(st: &dyn CheckpointStorage, dir: &str, files: &[String]) -> anyhow::Result<u64> {
+    let next = AtomicUsize::new(0);
+    let threads = checkpoint::restore_concurrency(files.len());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut got = 0u64;
+                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let mut r = st.open(&storage::join(dir, f))?;
+                        loop {
+                            let n = r.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            got += n as u64;
+                        }
+                    }
+                    Ok(got)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a download thread panicked"))??;
+        }
+        Ok(total)
+    })
+}
+
+/// Time of `f` in seconds.
+fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let t = Instant::now();
+    let v = f()?;
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+fn one_round(
+    st: &dyn CheckpointStorage,
+    uri_of: impl Fn(&str) -> String,
+    states: &[SubtaskState],
+    total_entries: u64,
+    round: u32,
+) -> anyhow::Result<Round> {
+    let run_id = format!("{:08x}", rand::random::<u32>());
+    let (dir, plain_dir) = (format!("chk-{run_id}"), format!("plain-{run_id}"));
+    // Odd rounds run the plain transfers first, so that whatever the order
+    // costs (a server that slows as it fills, a warm cache) shows up on both
+    // sides across rounds instead of always on one.
+    let plain_first = round % 2 == 1;
+    let mut md = None;
+    let (mut checkpoint_upload_s, mut plain_upload_s) = (0.0, 0.0);
+    for step in 0..2 {
+        if (step == 0) != plain_first {
+            eprintln!("round {round}: checkpoint upload...");
+            let (s, m) = timed(|| checkpoint_upload(st, &dir, states))?;
+            checkpoint_upload_s = s;
+            md = Some(m);
+        } else {
+            // The plain side needs the checkpoint's file sizes; uploading
+            // plain first, it uses the sizes the encoding will produce.
+            let sizes: Vec<(String, u64)> = match &md {
+                Some(m) => m.operators[0]
+                    .subtasks
+                    .iter()
+                    .map(|s| (s.file.clone(), s.size))
+                    .collect(),
+                None => states
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| {
+                        let size = format::write_state_file(s, &mut std::io::sink())?.size;
+                        Ok((format!("plain.{i}"), size))
+                    })
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            eprintln!("round {round}: plain upload...");
+            plain_upload_s = timed(|| plain_upload(st, &plain_dir, &sizes))?.0;
+        }
+    }
+    let md = md.ok_or_else(|| anyhow::anyhow!("no checkpoint was written"))?;
+    let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
+    let plain_files: Vec<String> = st.list(&plain_dir)?;
+    let (mut plain_download_s, mut restore_s) = (0.0, 0.0);
+    for step in 0..2 {
+        if (step == 0) != plain_first {
+            // What a job does at start.
+            eprintln!("round {round}: restore...");
+            let (s, snap) = timed(|| Ok(checkpoint::load_snapshot(&uri_of(&dir))?))?;
+            restore_s = s;
+            let restored: u64 = snap
+                .states
+                .values()
+                .flatten()
+                .flat_map(|(_, s)| s.key_groups.iter())
+                .map(|k| k.tables[0].entries.len() as u64)
+                .sum();
+            if restored != total_entries {
+                bail!("restored {restored} entries, expected {total_entries}");
+            }
+        } else {
+            eprintln!("round {round}: plain download...");
+            let (s, got) = timed(|| plain_download(st, &plain_dir, &plain_files))?;
+            plain_download_s = s;
+            if got != file_bytes {
+                bail!("plain download returned {got} bytes, expected {file_bytes}");
+            }
+        }
+    }
+    st.delete_dir(&dir)?;
+    st.delete_dir(&plain_dir)?;
+    Ok(Round {
+        round,
+        plain_first,
+        file_bytes,
+        plain_upload_s,
+        plain_upload_mib_s: mib_s(file_bytes, plain_upload_s),
+        checkpoint_upload_s,
+        checkpoint_upload_mib_s: mib_s(file_bytes, checkpoint_upload_s),
+        upload_ratio: plain_upload_s / checkpoint_upload_s,
+        plain_download_s,
+        plain_download_mib_s: mib_s(file_bytes, plain_download_s),
+        restore_s,
+        restore_mib_s: mib_s(file_bytes, restore_s),
+        restore_ratio: plain_download_s / restore_s,
+    })
+}
+
 pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
     let (_server, uri) = match &args.uri {
         Some(u) => (None, u.clone()),
@@ -190,157 +412,52 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             make_state(s, n, args.value_bytes)
         })
         .collect();
-
-    // Checkpoint upload: encode and stream every state file, then commit.
-    eprintln!("checkpoint upload...");
-    let run_id = format!("{:08x}", rand::random::<u32>());
-    let dir = format!("chk-{run_id}");
-    let t = Instant::now();
-    let mut subtasks = Vec::new();
-    for (i, state) in states.iter().enumerate() {
-        let file = checkpoint::unique_state_file_name("bench", i as u32);
-        let mut w = st.create(&storage::join(&dir, &file))?;
-        let d = format::write_state_file(state, &mut w)?;
-        w.finish()?;
-        subtasks.push(SubtaskMeta {
-            index: i as u32,
-            key_groups: None,
-            file,
-            size: d.size,
-            checksum: d.checksum,
-            keyed_entries: state
-                .key_groups
-                .iter()
-                .map(|k| k.tables[0].entries.len() as u64)
-                .sum(),
-            operator_state_items: 0,
-            in_flight_records: 0,
-        });
-    }
-    let md = SnapshotMetadata {
-        format: FORMAT_NAME.into(),
-        version: FORMAT_VERSION,
-        kind: "checkpoint".into(),
-        checkpoint_id: 1,
-        job_name: "bench-s3".into(),
-        created_ms: 0,
-        max_parallelism: 128,
-        operators: vec![OperatorMeta {
-            uid: "bench".into(),
-            parallelism: args.files,
-            keyed_states: vec![],
-            subtasks,
-        }],
-    };
-    st.write_new(
-        &storage::join(&dir, METADATA_FILE),
-        &serde_json::to_vec(&md)?,
-    )?;
-    let checkpoint_upload_s = t.elapsed().as_secs_f64();
-    let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
-    drop(states);
-
-    // Plain upload of the same byte count, same client, same file split.
-    eprintln!("plain upload...");
-    let chunk: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
-    let plain_dir = format!("plain-{run_id}");
-    let t = Instant::now();
-    for s in &md.operators[0].subtasks {
-        let mut w = st.create(&storage::join(&plain_dir, &s.file))?;
-        let mut left = s.size;
-        while left > 0 {
-            let n = left.min(chunk.len() as u64) as usize;
-            w.write_all(&chunk[..n])?;
-            left -= n as u64;
-        }
-        w.finish()?;
-    }
-    let plain_upload_s = t.elapsed().as_secs_f64();
-
-    // Plain download.
-    eprintln!("plain download...");
-    let t = Instant::now();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut got = 0u64;
-    for s in &md.operators[0].subtasks {
-        let mut r = st.open(&storage::join(&plain_dir, &s.file))?;
-        loop {
-            let n = r.read(&mut buf)?;
-            if n == 0 {
-                break;
-            }
-            got += n as u64;
-        }
-    }
-    let plain_download_s = t.elapsed().as_secs_f64();
-    if got != file_bytes {
-        bail!("plain download returned {got} bytes, expected {file_bytes}");
-    }
-
-    // Restore: what a job does at start.
-    eprintln!("restore...");
-    let t = Instant::now();
-    let snap = checkpoint::load_snapshot(&st.uri(&dir))?;
-    let restore_s = t.elapsed().as_secs_f64();
-    let restored: u64 = snap
-        .states
-        .values()
-        .flatten()
-        .flat_map(|(_, s)| s.key_groups.iter())
-        .map(|k| k.tables[0].entries.len() as u64)
-        .sum();
-    if restored != total_entries {
-        bail!("restored {restored} entries, expected {total_entries}");
-    }
-    drop(snap);
-    st.delete_dir(&dir)?;
-    st.delete_dir(&plain_dir)?;
-
+    let rounds = (0..args.rounds)
+        .map(|r| one_round(st.as_ref(), |d| st.uri(d), &states, total_entries, r))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let r = Report {
         uri: storage::split_last(&uri).0,
         state_bytes: total_entries * entry_bytes,
-        file_bytes,
         files: args.files,
-        plain_upload_s,
-        plain_upload_mib_s: mib_s(file_bytes, plain_upload_s),
-        checkpoint_upload_s,
-        checkpoint_upload_mib_s: mib_s(file_bytes, checkpoint_upload_s),
-        upload_ratio: plain_upload_s / checkpoint_upload_s,
-        plain_download_s,
-        plain_download_mib_s: mib_s(file_bytes, plain_download_s),
-        restore_s,
-        restore_mib_s: mib_s(file_bytes, restore_s),
-        restore_ratio: plain_download_s / restore_s,
+        concurrent_downloads: checkpoint::restore_concurrency(args.files as usize) as u32,
+        rounds,
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
-    } else {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "keyed state: {} in {} files ({} on storage), {} files downloaded at once",
+        human_bytes(r.state_bytes),
+        r.files,
+        human_bytes(r.rounds.first().map_or(0, |x| x.file_bytes)),
+        r.concurrent_downloads
+    );
+    for x in &r.rounds {
         println!(
-            "keyed state: {} in {} files ({} on storage)",
-            human_bytes(r.state_bytes),
-            r.files,
-            human_bytes(r.file_bytes)
-        );
-        println!("                         seconds     MiB/s   vs plain");
-        println!(
-            "plain upload           {:9.2} {:9.1}",
-            r.plain_upload_s, r.plain_upload_mib_s
-        );
-        println!(
-            "checkpoint upload      {:9.2} {:9.1}   {:6.1} %",
-            r.checkpoint_upload_s,
-            r.checkpoint_upload_mib_s,
-            100.0 * r.upload_ratio
+            "round {} ({} first)       seconds     MiB/s   vs plain",
+            x.round,
+            if x.plain_first { "plain" } else { "checkpoint" }
         );
         println!(
-            "plain download         {:9.2} {:9.1}",
-            r.plain_download_s, r.plain_download_mib_s
+            "  plain upload         {:9.2} {:9.1}",
+            x.plain_upload_s, x.plain_upload_mib_s
         );
         println!(
-            "restore                {:9.2} {:9.1}   {:6.1} %",
-            r.restore_s,
-            r.restore_mib_s,
-            100.0 * r.restore_ratio
+            "  checkpoint upload    {:9.2} {:9.1}   {:6.1} %",
+            x.checkpoint_upload_s,
+            x.checkpoint_upload_mib_s,
+            100.0 * x.upload_ratio
+        );
+        println!(
+            "  plain download       {:9.2} {:9.1}",
+            x.plain_download_s, x.plain_download_mib_s
+        );
+        println!(
+            "  restore              {:9.2} {:9.1}   {:6.1} %",
+            x.restore_s,
+            x.restore_mib_s,
+            100.0 * x.restore_ratio
         );
     }
     Ok(ExitCode::SUCCESS)
