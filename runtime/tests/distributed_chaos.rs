@@ -48,6 +48,13 @@ fn worker_kills_and_a_coordinator_kill_keep_the_output_exactly_once() {
     });
     let s4 = wait_checkpoint_after(&url, last_checkpoint_id(&s3));
     assert!(s4.restored_from.is_some(), "{s4:?}");
+    // The coordinator dies mid-job, not after the input ran out.
+    let s4 = status(&url);
+    assert_eq!(s4.state, JobState::Running, "{s4:?}");
+    assert!(
+        published(&tmp.path().join("out")).len() < expected.len(),
+        "the job had already published everything"
+    );
 
     // The coordinator dies; its successor resumes from the latest checkpoint.
     let mut coord = coord;
