@@ -698,16 +698,7 @@ impl Store {
                 // A resourceVersion in any patch body is a precondition, as
                 // in the apiserver; apply to the status subresource would
                 // otherwise drop it with the other non-status fields.
-                if let Some(rv) = body["metadata"]["resourceVersion"].as_str()
-                    && !rv.is_empty()
-                    && Some(rv) != old["metadata"]["resourceVersion"].as_str()
-                {
-                    return Err(ApiError::conflict(
-                        &rt.qualified(),
-                        name,
-                        "the object has been modified; please apply your changes to the latest version and try again",
-                    ));
-                }
+                version_precondition(rt, name, &body["metadata"]["resourceVersion"], &old)?;
                 let mut doc = old.clone();
                 match pt {
                     PatchType::Merge => patch::merge_patch(&mut doc, body)?,
@@ -748,16 +739,8 @@ impl Store {
                 "the name of the object ({n}) does not match the name on the URL ({name})"
             )));
         }
-        if let Some(rv) = new["metadata"]["resourceVersion"].as_str()
-            && !rv.is_empty()
-            && Some(rv) != old["metadata"]["resourceVersion"].as_str()
-        {
-            return Err(ApiError::conflict(
-                &rt.qualified(),
-                name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+        // What the patch left there (a JSON patch can set it too) or the PUT body.
+        version_precondition(rt, name, &new["metadata"]["resourceVersion"], &old)?;
         new["apiVersion"] = json!(api_version);
         new["kind"] = json!(rt.kind);
         if !new["metadata"].is_object() {
@@ -1292,4 +1275,24 @@ fn owner_uids(o: &Value) -> Vec<String> {
 /// Name of an object, for logs.
 pub fn describe(o: &Value) -> String {
     format!("{}/{}", o["kind"].as_str().unwrap_or("?"), name_of(o))
+}
+
+/// A non-empty resourceVersion in a write is a precondition: the object must
+/// still be at that version, or the write is refused with the apiserver's 409.
+fn version_precondition(
+    rt: &ResourceType,
+    name: &str,
+    given: &Value,
+    old: &Value,
+) -> ApiResult<()> {
+    match given.as_str() {
+        Some(rv) if !rv.is_empty() && Some(rv) != old["metadata"]["resourceVersion"].as_str() => {
+            Err(ApiError::conflict(
+                &rt.qualified(),
+                name,
+                "the object has been modified; please apply your changes to the latest version and try again",
+            ))
+        }
+        _ => Ok(()),
+    }
 }
