@@ -95,6 +95,10 @@ struct Shared {
     coordinator: Mutex<(u64, u64)>,
     next_conn: AtomicU64,
     running: Mutex<Option<Running>>,
+    /// Held for the whole of a teardown, so that a second teardown (a deploy,
+    /// a new coordinator's hello) returns only once the attempt's threads have
+    /// stopped, not as soon as the first one has taken `running`.
+    teardown_gate: Mutex<()>,
     /// Latest epoch deployed (or refused to go below).
     latest: Mutex<Option<Epoch>>,
     deployed: watch::Sender<Option<Epoch>>,
@@ -143,6 +147,7 @@ pub fn start_worker(
         coordinator: Mutex::new((0, 0)),
         next_conn: AtomicU64::new(1),
         running: Mutex::new(None),
+        teardown_gate: Mutex::new(()),
         latest: Mutex::new(None),
         deployed: watch::channel(None).0,
         open,
@@ -223,6 +228,15 @@ async fn serve_coordinator(
         return Err(reason);
     }
     tracing::info!(incarnation, "coordinator connected");
+    // Whatever attempt still runs here belongs to a coordinator that is gone
+    // or replaced. It must stop before this coordinator deploys anything,
+    // on this worker or any other: a sink of the old attempt still
+    // committing while the new attempt's sink takes over its transactional
+    // id is a zombie writer (on the test broker it even wedges the last
+    // stable offset for good). The coordinator deploys only after every
+    // worker's hello answer, so answering after the teardown orders it.
+    let shared2 = shared.clone();
+    let _ = tokio::task::spawn_blocking(move || teardown(&shared2)).await;
     send_msg(
         &mut w,
         &ToCoordinator::HelloAck {
@@ -371,6 +385,7 @@ fn cut_exchange(run: &mut Running) {
 /// Stops the attempt running here: cancels its tasks, cuts its connections
 /// (which unblocks every channel), and waits for its threads.
 fn teardown(shared: &Shared) {
+    let _gate = lock(&shared.teardown_gate);
     let Some(run) = lock(&shared.running).take() else {
         return;
     };
@@ -774,6 +789,7 @@ mod tests {
             coordinator: Mutex::new((0, 0)),
             next_conn: AtomicU64::new(1),
             running: Mutex::new(None),
+            teardown_gate: Mutex::new(()),
             latest: Mutex::new(None),
             deployed: watch::channel(None).0,
             open: Arc::new(|r: &str| crate::storage::open(r).map_err(|e| e.to_string())),
@@ -841,5 +857,88 @@ mod tests {
         .unwrap_err();
         assert!(err.contains("different job definition"), "{err}");
         assert_eq!(*lock(&sh.latest), Some(epoch(5)));
+    }
+
+    /// A running attempt whose one task stops slowly after its cancel (as a
+    /// sink finishing a transaction does); the flag is set as it exits.
+    fn slow_attempt(sh: &Shared) -> Arc<std::sync::atomic::AtomicBool> {
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = unbounded::<Control>();
+        let d = done.clone();
+        let join = std::thread::spawn(move || {
+            while !matches!(
+                rx.recv_timeout(Duration::from_secs(10)),
+                Ok(Control::Cancel) | Err(_)
+            ) {}
+            std::thread::sleep(Duration::from_millis(300));
+            d.store(true, Ordering::SeqCst);
+        });
+        *lock(&sh.running) = Some(Running {
+            epoch: epoch(1),
+            tasks: HashMap::from([((0, 0), tx)]),
+            joins: vec![join],
+            inbound: HashMap::new(),
+            aborts: vec![],
+        });
+        done
+    }
+
+    /// Connects as a coordinator of `incarnation` and returns once the worker
+    /// has answered the hello.
+    async fn hello(sh: Arc<Shared>, incarnation: u64) -> ToCoordinator {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let (r, w) = conn::split(s);
+            let _ = serve_coordinator(sh, r, w, incarnation).await;
+        });
+        let (mut r, _w) = conn::split(TcpStream::connect(addr).await.unwrap());
+        next_msg(&mut r, Some(Duration::from_secs(20)))
+            .await
+            .unwrap()
+    }
+
+    #[test]
+    fn a_new_coordinator_is_answered_only_after_the_old_attempt_stopped() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sh = shared(&rt);
+        let done = slow_attempt(&sh);
+        let ack = rt.block_on(hello(sh.clone(), 2));
+        assert!(matches!(ack, ToCoordinator::HelloAck { .. }), "{ack:?}");
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the hello was answered while the old attempt's task still ran"
+        );
+        assert!(lock(&sh.running).is_none());
+    }
+
+    #[test]
+    fn a_hello_during_a_teardown_waits_for_it() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let sh = shared(&rt);
+        let done = slow_attempt(&sh);
+        // The lost coordinator's teardown has taken the attempt and is
+        // waiting for its task when the new coordinator says hello.
+        let sh2 = sh.clone();
+        let first = std::thread::spawn(move || teardown(&sh2));
+        while lock(&sh.running).is_some() {
+            std::thread::yield_now();
+        }
+        let ack = rt.block_on(hello(sh.clone(), 2));
+        assert!(matches!(ack, ToCoordinator::HelloAck { .. }), "{ack:?}");
+        assert!(
+            done.load(Ordering::SeqCst),
+            "the hello was answered while another teardown still waited for a task"
+        );
+        first.join().unwrap();
     }
 }
