@@ -220,3 +220,102 @@ sinks:
     let o = runnel(&["run", job.to_str().unwrap(), "--parallelism", "0"]);
     assert_eq!(o.status.code(), Some(1));
 }
+
+/// A stop-with-savepoint whose result nobody read (the operator's view when
+/// the pod is evicted right after the savepoint): the savepoint committed the
+/// output up to it, so `--from-latest-checkpoint` must resume from the
+/// savepoint, not from the older last checkpoint, or that output is produced
+/// twice. Disposing the savepoint falls back to the latest checkpoint.
+#[test]
+fn from_latest_checkpoint_finds_a_stop_savepoint_whose_result_was_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    let job = tmp.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+version: 1
+name: lost
+parallelism: 2
+checkpoint: {{ interval: 200ms, storage: "file://{dir}/chk" }}
+sources:
+  - name: numbers
+    generator: {{ ratePerSecond: 4000, fields: {{ n: {{ sequence: {{}} }} }} }}
+sinks:
+  - name: out
+    file: {{ path: "{dir}/out" }}
+"#
+        ),
+    )
+    .unwrap();
+    let job = job.to_str().unwrap();
+    let chk = format!("file://{dir}/chk");
+    let sp_dir = format!("file://{dir}/savepoints");
+
+    let (child, url, out) = start(&[job]);
+    wait_running(&url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let last = loop {
+        if let Some(c) = status(&url).last_checkpoint {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "no checkpoint completed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_records(&url, 0.0, 1000.0);
+    let arg = format!("--savepoint={sp_dir}");
+    let sp = ok(&runnel(&["stop", &arg, &url]));
+    finish(child, out);
+    // What the operator would fall back to: the latest snapshot the checkpoint
+    // directory knows of. Checkpoints completed before the stop are older.
+    let found = runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
+        .unwrap()
+        .expect("a snapshot is found");
+    assert_eq!(found.uri, sp, "{found:?}");
+    assert!(found.id > last.id, "{found:?} vs {last:?}");
+    let newest_chk = runnel_runtime::checkpoint::list_checkpoints(&chk).unwrap();
+    assert!(newest_chk.first().is_some_and(|(id, _)| *id < found.id));
+
+    let (child, url, out) = start(&[job, "--from-latest-checkpoint"]);
+    let s = wait_running(&url);
+    assert_eq!(s.restored_from.as_deref(), Some(sp.as_str()));
+    wait_records(&url, 0.0, 500.0);
+    let sp2 = ok(&runnel(&["stop", &arg, &url]));
+    finish(child, out);
+
+    let all = read_published(&tmp.path().join("out")).unwrap();
+    let mut ns: Vec<i64> = all.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    let before = ns.len();
+    ns.dedup();
+    assert_eq!(ns.len(), before, "duplicates across the restore");
+    for s in 0..2 {
+        let mine: Vec<i64> = ns.iter().copied().filter(|n| n % 2 == s).collect();
+        let expected: Vec<i64> = (0..mine.len() as i64).map(|k| k * 2 + s).collect();
+        assert_eq!(mine, expected, "subtask {s}: lost records");
+    }
+
+    // The second savepoint replaced the first one's reference. Once it is
+    // disposed, the latest checkpoint is what remains.
+    assert_eq!(
+        runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
+            .unwrap()
+            .map(|c| c.uri),
+        Some(sp2.clone())
+    );
+    ok(&runnel(&["savepoint", "dispose", &sp2]));
+    let after = runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
+        .unwrap()
+        .expect("a checkpoint remains");
+    assert!(after.uri.contains("/chk/chk-"), "{after:?}");
+    assert!(
+        std::fs::read_dir(tmp.path().join("chk"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with("_savepoint-"))
+            .count()
+            == 1,
+        "older references are pruned"
+    );
+}

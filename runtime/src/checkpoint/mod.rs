@@ -5,6 +5,7 @@ mod body_input;
 pub mod format;
 pub mod redistribute;
 pub mod retention;
+pub mod savepoint_ref;
 pub mod summary;
 pub(crate) mod trigger;
 
@@ -245,14 +246,27 @@ fn is_unusable(e: &SnapshotError) -> bool {
     )
 }
 
-/// Loads the newest checkpoint under `dir_uri` that is complete and intact,
-/// skipping (and logging) incomplete or corrupt ones.
+/// Loads the newest checkpoint under `dir_uri` (or savepoint it references,
+/// see [`savepoint_ref`]) that is complete and intact, skipping (and logging)
+/// incomplete or corrupt ones.
 pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
-    for (id, uri) in list_checkpoints(dir_uri)? {
+    let st = open_snapshot(dir_uri)?;
+    for (c, uri) in latest_candidates(st.as_ref(), dir_uri)? {
         match load_snapshot(&uri) {
-            Ok(s) => return Ok(s),
+            Ok(s)
+                if matches!(c, savepoint_ref::Candidate::Checkpoint(_))
+                    || s.metadata.checkpoint_id == c.id() =>
+            {
+                return Ok(s);
+            }
+            Ok(s) => tracing::warn!(
+                candidate = ?c,
+                %uri,
+                found = s.metadata.checkpoint_id,
+                "skipping a snapshot whose id does not match its name"
+            ),
             Err(e) if is_unusable(&e) => {
-                tracing::warn!(checkpoint = id, error = %e, "skipping unusable checkpoint")
+                tracing::warn!(candidate = ?c, %uri, error = %e, "skipping unusable snapshot")
             }
             Err(e) => return Err(e),
         }
@@ -260,43 +274,84 @@ pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     Err(SnapshotError::NoCompleteCheckpoint(dir_uri.to_string()))
 }
 
-/// A complete checkpoint found by [`find_latest_checkpoint`].
+/// The checkpoints and referenced savepoints of a checkpoint directory with
+/// their URIs, newest first (see [`savepoint_ref`]). A reference that does not
+/// hold a URI is skipped like an incomplete checkpoint.
+fn latest_candidates(
+    st: &dyn CheckpointStorage,
+    dir_uri: &str,
+) -> Result<Vec<(savepoint_ref::Candidate, String)>, SnapshotError> {
+    let chk = checkpoint_ids(st)?;
+    let refs = savepoint_ref::ref_ids(st)?;
+    let mut out = Vec::new();
+    for c in savepoint_ref::candidates(&chk, &refs) {
+        match &c {
+            savepoint_ref::Candidate::Checkpoint(id) => {
+                out.push((c.clone(), storage::join(dir_uri, &format!("chk-{id}"))))
+            }
+            savepoint_ref::Candidate::SavepointRef(id) => match savepoint_ref::read_ref(st, *id) {
+                Ok(Some(uri)) => out.push((c.clone(), uri)),
+                Ok(None) | Err(StorageError::NotFound { .. }) => {
+                    tracing::debug!(savepoint = id, "empty or vanished savepoint reference")
+                }
+                Err(e) => return Err(e.into()),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// A complete checkpoint (or referenced savepoint) found by
+/// [`find_latest_checkpoint`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointRef {
     pub id: u64,
-    /// URI of the `chk-N` directory, usable as a restore path.
+    /// URI of the `chk-N` (or savepoint) directory, usable as a restore path.
     pub uri: String,
     pub metadata: SnapshotMetadata,
 }
 
-/// Finds the newest complete checkpoint under a job's checkpoint directory
-/// without downloading state: its `_metadata` decodes and every state file it
-/// references exists with the recorded size. This is what a last-state upgrade
+/// Finds the newest complete checkpoint under a job's checkpoint directory, or
+/// the newest savepoint it references if that is newer ([`savepoint_ref`]: a
+/// savepoint's output is committed like a checkpoint's), without downloading
+/// state: its `_metadata` decodes and every state file it references exists
+/// with the recorded size. This is what a last-state upgrade
 /// restores from, and it works while the job itself is down. `Ok(None)` means the
 /// directory holds no complete checkpoint; an unreachable storage is an error,
 /// never a reason to pick an older checkpoint.
 pub fn find_latest_checkpoint(dir_uri: &str) -> Result<Option<CheckpointRef>, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    for id in checkpoint_ids(st.as_ref())? {
-        let dir = format!("chk-{id}");
-        let checked = read_metadata_in(st.as_ref(), &dir).and_then(|md| {
+    for (c, uri) in latest_candidates(st.as_ref(), dir_uri)? {
+        let checked = open_snapshot(&uri).and_then(|target| {
+            let md = read_metadata_in(target.as_ref(), "")?;
             for op in &md.operators {
                 for sub in &op.subtasks {
-                    check_size(st.as_ref(), &dir, sub)?;
+                    check_size(target.as_ref(), "", sub)?;
                 }
             }
             Ok(md)
         });
         match checked {
-            Ok(metadata) => {
+            // A reference must point at the savepoint it names: a copy of
+            // another job's savepoint under that path is not this job's.
+            Ok(metadata)
+                if matches!(c, savepoint_ref::Candidate::Checkpoint(_))
+                    || metadata.checkpoint_id == c.id() =>
+            {
                 return Ok(Some(CheckpointRef {
-                    id,
-                    uri: storage::join(dir_uri, &dir),
+                    id: c.id(),
+                    uri,
                     metadata,
                 }));
             }
+            Ok(metadata) => tracing::warn!(
+                candidate = ?c,
+                %uri,
+                found = metadata.checkpoint_id,
+                "skipping a snapshot whose id does not match its name"
+            ),
             Err(e) if is_unusable(&e) => {
-                tracing::debug!(checkpoint = id, error = %e, "not a complete checkpoint")
+                tracing::debug!(candidate = ?c, %uri, error = %e, "not a complete snapshot")
             }
             Err(e) => return Err(e),
         }

@@ -380,7 +380,9 @@ impl Master {
     }
 
     /// Checkpoint ids continue after the restored snapshot and after anything
-    /// already in the checkpoint directory, so ids never collide.
+    /// already in the checkpoint directory (checkpoints and savepoint
+    /// references), so ids never collide and the highest id there is the
+    /// newest snapshot.
     fn init_next_id(&mut self) -> Result<(), JobError> {
         let mut max = 0;
         if let Some(uri) = &self.initial_restore {
@@ -388,6 +390,11 @@ impl Master {
         }
         if let Some(uri) = &self.config.checkpoint.storage
             && let Some((id, _)) = checkpoint::list_checkpoints(uri)?.first()
+        {
+            max = max.max(*id);
+        }
+        if let Some(st) = &self.checkpoint_storage
+            && let Some(id) = checkpoint::savepoint_ref::ref_ids(st.as_ref())?.first()
         {
             max = max.max(*id);
         }
@@ -944,8 +951,19 @@ impl Master {
         // The commit: `_metadata` is created only if absent, so a coordinator
         // that lost a race on this checkpoint number (a stale one) fails here
         // instead of replacing the winner's checkpoint.
-        let written = serde_json::to_vec_pretty(&md)
-            .map_err(|e| e.to_string())
+        // A savepoint commits output like a checkpoint, so the job's checkpoint
+        // directory must know of it before it commits: a restore from "the
+        // latest checkpoint" must not go back behind it (`savepoint_ref`).
+        let referenced = match (&self.checkpoint_storage, p.kind.is_savepoint()) {
+            (Some(st), true) => {
+                checkpoint::savepoint_ref::write_ref(st.as_ref(), id, &p.target.location).map_err(
+                    |e| format!("recording the savepoint in the checkpoint directory: {e}"),
+                )
+            }
+            _ => Ok(()),
+        };
+        let written = referenced
+            .and_then(|()| serde_json::to_vec_pretty(&md).map_err(|e| e.to_string()))
             .and_then(|bytes| {
                 size += bytes.len() as u64;
                 match p
@@ -991,6 +1009,12 @@ impl Master {
             return Some(end);
         }
         self.record_completed(id, &p.target, p.kind, p.started, size, p.alignment_ms);
+        if p.kind.is_savepoint()
+            && let Some(st) = &self.checkpoint_storage
+            && let Err(e) = checkpoint::savepoint_ref::prune_below(st.as_ref(), id)
+        {
+            tracing::warn!(error = %e, "could not delete older savepoint references");
+        }
         for t in &run.d.tasks {
             let _ = t.control.send(Control::Notify(Notification::Complete(id)));
         }
