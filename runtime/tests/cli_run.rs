@@ -150,6 +150,14 @@ sinks:
     assert!(rest.contains("job walkthrough cancelled"), "{rest}");
     let first = read_published(&tmp.path().join("out")).unwrap();
     assert!(!first.is_empty(), "the savepoint published output");
+    // A cancelled job's checkpoint directory no longer leads to its
+    // savepoints (the savepoint itself stays: the user owns it).
+    let chk_dir = format!("file://{dir}/chk");
+    assert_eq!(
+        runnel_runtime::checkpoint::find_latest_checkpoint(&chk_dir).unwrap(),
+        None
+    );
+    assert!(runnel_runtime::checkpoint::read_metadata(&sp1).is_ok());
 
     // 4. run from the savepoint (with a parallelism override that the
     //    generator's per-subtask state must keep: same value)

@@ -531,6 +531,10 @@ impl Master {
         for c in &self.completed {
             if c.kind == SnapshotKind::Checkpoint {
                 let _ = st.delete_dir(&format!("chk-{}", c.id));
+            } else {
+                // The savepoint stays (the user owns it); "the latest
+                // checkpoint" of a cancelled job must not lead back to it.
+                let _ = st.delete(&checkpoint::savepoint_ref::ref_name(c.id));
             }
         }
     }
