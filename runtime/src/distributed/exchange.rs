@@ -405,4 +405,79 @@ mod tests {
         drop(_credit_tx);
         h.join().unwrap();
     }
+
+    /// Credit is per channel: a receiver that stops taking one channel's
+    /// batches stalls that channel only. Another channel on the same
+    /// connection (the same peer) keeps flowing, so a slow receiver
+    /// back-pressures only what feeds it.
+    #[test]
+    fn a_stalled_channel_does_not_hold_up_another_on_the_same_connection() {
+        let (frames_tx, mut frames_rx) = tokio::sync::mpsc::unbounded_channel();
+        let stats = Arc::new(Stats::default());
+        let channel = |down| ChannelId {
+            node: 1,
+            input: 0,
+            up: 0,
+            down,
+        };
+        let (stalled, flowing) = (channel(1), channel(2));
+        let mut senders = Vec::new();
+        let mut credits = Vec::new();
+        let mut joins = Vec::new();
+        for id in [stalled, flowing] {
+            let (tx, rx) = crossbeam_channel::bounded::<Batch<u64>>(100);
+            let (credit_tx, credit_rx) = credit_window(2);
+            joins.push(
+                spawn_outbound(
+                    id,
+                    Box::new(Outbound(rx)),
+                    credit_rx,
+                    frames_tx.clone(),
+                    stats.clone(),
+                    |_| {},
+                )
+                .unwrap(),
+            );
+            for i in 0..10u64 {
+                tx.send(vec![Event::Record(StreamRecord {
+                    value: i,
+                    timestamp: None,
+                })])
+                .unwrap();
+            }
+            senders.push(tx);
+            credits.push(credit_tx);
+        }
+        // The receiver returns a credit for every batch of the flowing
+        // channel it takes, and none for the stalled one.
+        let mut got = std::collections::HashMap::<u32, usize>::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let count = |got: &std::collections::HashMap<u32, usize>, c: ChannelId| {
+            got.get(&c.down).copied().unwrap_or(0)
+        };
+        while count(&got, flowing) < 10 || count(&got, stalled) < 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the flowing channel is held up: {got:?}"
+            );
+            let Ok(f) = frames_rx.try_recv() else {
+                std::thread::yield_now();
+                continue;
+            };
+            if let DataFrame::Batch { channel, .. } = DataFrame::decode(f).unwrap() {
+                *got.entry(channel.down).or_default() += 1;
+                if channel == flowing {
+                    credits[1].send(()).unwrap();
+                }
+            }
+        }
+        assert!(senders[1].is_empty());
+        assert!(frames_rx.try_recv().is_err(), "the stalled channel sent more");
+        assert_eq!(senders[0].len(), 8, "the stalled channel keeps the rest");
+        drop(credits);
+        drop(senders);
+        for j in joins {
+            j.join().unwrap();
+        }
+    }
 }
