@@ -472,7 +472,10 @@ mod tests {
             }
         }
         assert!(senders[1].is_empty());
-        assert!(frames_rx.try_recv().is_err(), "the stalled channel sent more");
+        assert!(
+            frames_rx.try_recv().is_err(),
+            "the stalled channel sent more"
+        );
         assert_eq!(senders[0].len(), 8, "the stalled channel keeps the rest");
         drop(credits);
         drop(senders);
