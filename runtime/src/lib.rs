@@ -6,6 +6,7 @@
 //! stop and cancel).
 
 pub mod checkpoint;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod control;

@@ -8,14 +8,14 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use clap::Args;
-use runnel_runtime::sources::GeneratorSource;
-use runnel_runtime::state::keyed::{ValueState, ValueStateDescriptor};
-use runnel_runtime::{
+use crate::sources::GeneratorSource;
+use crate::state::keyed::{ValueState, ValueStateDescriptor};
+use crate::{
     CheckpointListener, CheckpointMode, FnResult, InitContext, JobConfig, JobState, KeyedContext,
     KeyedProcessFunction, RestartStrategy, SnapshotKind, StreamEnv, UserError,
 };
+use anyhow::{Context, bail};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
 use super::{file_uri, human_bytes};
@@ -241,19 +241,17 @@ fn run_single(
         .iter()
         .filter(|c| c.kind == SnapshotKind::Checkpoint)
         .collect();
-    let mean = |f: &dyn Fn(&&runnel_runtime::CompletedCheckpoint) -> f64| {
+    let mean = |f: &dyn Fn(&&crate::CompletedCheckpoint) -> f64| {
         (!chk.is_empty()).then(|| chk.iter().map(f).sum::<f64>() / chk.len() as f64)
     };
     let last_keyed = chk.last().and_then(|c| {
-        runnel_runtime::checkpoint::read_metadata(&c.path)
-            .ok()
-            .map(|md| {
-                md.operators
-                    .iter()
-                    .flat_map(|o| o.subtasks.iter())
-                    .map(|s| s.keyed_entries)
-                    .sum()
-            })
+        crate::checkpoint::read_metadata(&c.path).ok().map(|md| {
+            md.operators
+                .iter()
+                .flat_map(|o| o.subtasks.iter())
+                .map(|s| s.keyed_entries)
+                .sum()
+        })
     });
     let result = RunResult {
         parallelism: p,

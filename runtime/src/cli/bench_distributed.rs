@@ -12,17 +12,17 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use clap::Args;
-use runnel_runtime::distributed::{
+use crate::distributed::{
     CoordinatorOptions, JobFactory, WorkerOptions, start_coordinator, start_worker, worker_stats,
 };
-use runnel_runtime::sources::GeneratorSource;
-use runnel_runtime::state::keyed::{ValueState, ValueStateDescriptor};
-use runnel_runtime::{
+use crate::sources::GeneratorSource;
+use crate::state::keyed::{ValueState, ValueStateDescriptor};
+use crate::{
     CheckpointListener, FnResult, InitContext, JobConfig, JobOutcome, KeyedContext,
     KeyedProcessFunction, RestartStrategy, StreamEnv, UserError,
 };
+use anyhow::{Context, bail};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
 #[derive(Args, Debug, Clone)]

@@ -10,6 +10,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use crate::kafka::{
+    DeliveryGuarantee, Deserializer, KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig,
+    RecordView, StartPosition, TopicSelector, Utf8,
+};
+use crate::state::keyed::{ValueState, ValueStateDescriptor};
+use crate::{
+    CheckpointConfig, CheckpointListener, FnResult, InitContext, JobConfig, KeyedContext,
+    KeyedProcessFunction, RestartStrategy, StreamEnv, UserError,
+};
 use anyhow::{Context, bail};
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,15 +26,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
-use runnel_runtime::kafka::{
-    DeliveryGuarantee, Deserializer, KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig,
-    RecordView, StartPosition, TopicSelector, Utf8,
-};
-use runnel_runtime::state::keyed::{ValueState, ValueStateDescriptor};
-use runnel_runtime::{
-    CheckpointConfig, CheckpointListener, FnResult, InitContext, JobConfig, KeyedContext,
-    KeyedProcessFunction, RestartStrategy, StreamEnv, UserError,
-};
 use serde::Serialize;
 
 #[derive(clap::Args, Debug)]

@@ -24,14 +24,14 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
-use clap::Args;
-use runnel_runtime::checkpoint::format::{
+use crate::checkpoint::format::{
     FORMAT_NAME, FORMAT_VERSION, KeyGroupData, METADATA_FILE, OperatorMeta, SnapshotMetadata,
     SubtaskMeta, SubtaskState, TableData,
 };
-use runnel_runtime::checkpoint::{self, format};
-use runnel_runtime::storage::{self, CheckpointStorage};
+use crate::checkpoint::{self, format};
+use crate::storage::{self, CheckpointStorage};
+use anyhow::{Context, bail};
+use clap::Args;
 use serde::Serialize;
 use serde_bytes::ByteBuf;
 

@@ -9,16 +9,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use clap::Args;
-use runnel_runtime::checkpoint::{self, format::SnapshotMetadata};
-use runnel_runtime::sources::GeneratorSource;
-use runnel_runtime::state::keyed::{ValueState, ValueStateDescriptor};
-use runnel_runtime::{
+use crate::checkpoint::{self, format::SnapshotMetadata};
+use crate::sources::GeneratorSource;
+use crate::state::keyed::{ValueState, ValueStateDescriptor};
+use crate::{
     CheckpointListener, CheckpointMode, FnResult, InitContext, JobClient, JobConfig, JobState,
     JobStatus, KeyedContext, KeyedProcessFunction, RestartStrategy, SinkContext, SinkFunction,
     StreamEnv, UserError,
 };
+use anyhow::Context;
+use clap::Args;
 
 use super::{file_uri, human_bytes};
 

@@ -8,14 +8,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use clap::Args;
-use runnel_runtime::JobError;
-use runnel_runtime::control::{ControlOptions, serve};
-use runnel_runtime::declarative;
-use runnel_runtime::distributed::{
+use crate::JobError;
+use crate::control::{ControlOptions, serve};
+use crate::declarative::{self, ConnectorRegistry};
+use crate::distributed::{
     CoordinatorOptions, JobFactory, WorkerOptions, discovery, start_coordinator_with, start_worker,
 };
+use anyhow::{Context, bail};
+use clap::Args;
 
 use super::jobctl::parse_duration;
 use super::launch::{RestoreArgs, report_outcome};
@@ -70,7 +70,7 @@ pub struct WorkerArgs {
 }
 
 /// The job factory of a YAML file and the file's fingerprint.
-fn factory(path: &Path) -> anyhow::Result<(JobFactory, u64)> {
+fn factory(path: &Path, registry: &ConnectorRegistry) -> anyhow::Result<(JobFactory, u64)> {
     let yaml = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read the job file {}", path.display()))?;
     let fingerprint = xxhash_rust::xxh64::xxh64(yaml.as_bytes(), 0);
@@ -82,7 +82,7 @@ fn factory(path: &Path) -> anyhow::Result<(JobFactory, u64)> {
         )
     })?;
     let root = declarative::error_root(&yaml);
-    let registry = super::run::registry();
+    let registry = registry.clone();
     let f: JobFactory = Arc::new(move |parallelism| {
         let mut spec = spec.clone();
         if parallelism.is_some() {
@@ -97,7 +97,7 @@ fn factory(path: &Path) -> anyhow::Result<(JobFactory, u64)> {
     Ok((f, fingerprint))
 }
 
-pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<ExitCode> {
+pub fn coordinator(a: CoordinatorArgs, registry: &ConnectorRegistry) -> anyhow::Result<ExitCode> {
     if a.parallelism == Some(0) {
         bail!("--parallelism must be at least 1");
     }
@@ -105,7 +105,7 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     if workers.is_empty() {
         bail!("--workers lists no worker");
     }
-    let (factory, fingerprint) = factory(&a.job)?;
+    let (factory, fingerprint) = factory(&a.job, registry)?;
     let (_, cfg) = factory(a.parallelism)?;
     let restore = a.restore.resolve(cfg.checkpoint.storage.as_deref())?;
     let opts = CoordinatorOptions {
@@ -133,11 +133,11 @@ pub fn coordinator(a: CoordinatorArgs) -> anyhow::Result<ExitCode> {
     report_outcome(&name, outcome)
 }
 
-pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+pub fn worker(a: WorkerArgs, registry: &ConnectorRegistry) -> anyhow::Result<ExitCode> {
     if a.slots == 0 {
         bail!("--slots must be at least 1");
     }
-    let (factory, fingerprint) = factory(&a.job)?;
+    let (factory, fingerprint) = factory(&a.job, registry)?;
     let handle = start_worker(
         factory,
         WorkerOptions {

@@ -4,11 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use crate::checkpoint::format::SnapshotMetadata;
+use crate::checkpoint::summary::{SnapshotSummary, summarize};
+use crate::checkpoint::{self, format::METADATA_FILE};
 use anyhow::{Context, bail};
 use clap::Args;
-use runnel_runtime::checkpoint::format::SnapshotMetadata;
-use runnel_runtime::checkpoint::summary::{SnapshotSummary, summarize};
-use runnel_runtime::checkpoint::{self, format::METADATA_FILE};
 
 use super::{file_uri, human_bytes};
 

@@ -6,9 +6,9 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use crate::{JobError, JobOutcome, RestoreSettings};
 use anyhow::{Context, bail};
 use clap::Args;
-use runnel_runtime::{JobError, JobOutcome, RestoreSettings};
 
 #[derive(Args, Debug)]
 pub struct RestoreArgs {
@@ -45,7 +45,7 @@ impl RestoreArgs {
         let Some(storage) = storage else {
             bail!("--from-latest-checkpoint needs checkpoint storage in the job");
         };
-        match runnel_runtime::checkpoint::find_latest_checkpoint(storage)
+        match crate::checkpoint::find_latest_checkpoint(storage)
             .with_context(|| format!("cannot look for checkpoints in {storage}"))?
         {
             Some(c) => {

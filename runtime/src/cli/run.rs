@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use crate::control::{ControlOptions, serve};
+use crate::declarative::{self, ConnectorRegistry};
 use anyhow::{Context, bail};
 use clap::Args;
-use runnel_runtime::control::{ControlOptions, serve};
-use runnel_runtime::declarative::{self, ConnectorRegistry};
 
 use super::jobctl::parse_duration;
 use super::launch::{RestoreArgs, report_outcome};
@@ -40,15 +40,16 @@ pub struct RunArgs {
     dry_run: bool,
 }
 
-/// The connectors compiled into this binary.
+/// The connectors compiled into this build (what the `runnel` binary runs
+/// with; custom runtime binaries add their operators to it).
 pub fn registry() -> ConnectorRegistry {
     let r = ConnectorRegistry::new();
     #[cfg(feature = "kafka")]
-    let r = r.with_kafka(runnel_runtime::kafka::DeclarativeKafka);
+    let r = r.with_kafka(crate::kafka::DeclarativeKafka);
     r
 }
 
-pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
+pub fn run(a: RunArgs, registry: &ConnectorRegistry) -> anyhow::Result<ExitCode> {
     if a.parallelism == Some(0) {
         bail!("--parallelism must be at least 1");
     }
@@ -66,7 +67,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<ExitCode> {
         spec.parallelism = Some(p);
     }
     let root = declarative::error_root(&yaml);
-    let mut job = declarative::build_at(&spec, &registry(), root).map_err(invalid)?;
+    let mut job = declarative::build_at(&spec, registry, root).map_err(invalid)?;
     if a.dry_run {
         println!("{}: valid", a.job.display());
         return Ok(ExitCode::SUCCESS);
