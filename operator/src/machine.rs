@@ -477,9 +477,15 @@ fn track_savepoint(c: &mut Ctx<'_>) {
     }
 }
 
-/// Where a "last state" redeploy restores from. The newest checkpoint in
-/// storage, unless the current deployment has not completed a checkpoint
-/// since it started: then its own restore point is the last state.
+/// Where a "last state" redeploy restores from: the newest snapshot of the
+/// current deployment's run, which the runtime finds itself
+/// (`--from-latest-checkpoint`): its checkpoints, a savepoint it recorded
+/// (also a stop savepoint whose result was lost), or, if it wrote neither,
+/// the point it started from. The runtime's lineage marker, written before
+/// the job reports RUNNING, keeps an older run's newer checkpoints in the
+/// same directory out of it. A deployment never seen RUNNING may not have
+/// written its marker (the pod never started): its own restore point is then
+/// its last state.
 fn last_state_restore(st: &StreamJobStatus) -> Restore {
     let Some(d) = &st.deployment else {
         return st
@@ -491,11 +497,9 @@ fn last_state_restore(st: &StreamJobStatus) -> Restore {
         .last_checkpoint
         .as_ref()
         .is_some_and(|c| c.completed_ms >= d.started_ms);
-    if checkpointed_since {
+    if checkpointed_since || d.stable {
         Restore::LatestCheckpoint
     } else {
-        // Nothing newer than its own restore point (a savepoint, or empty
-        // state for a fresh start): that point is the last state.
         d.restore.clone()
     }
 }

@@ -65,6 +65,8 @@ struct Sim {
     checkpoints: u64,
     /// Every savepoint the runtime takes fails (e.g. the store is down).
     savepoints_fail: bool,
+    /// No periodic checkpoint completes (a long interval, or a stuck job).
+    checkpoints_stall: bool,
 }
 
 fn job() -> serde_json::Value {
@@ -111,6 +113,7 @@ impl Sim {
             events: vec![],
             checkpoints: 0,
             savepoints_fail: false,
+            checkpoints_stall: false,
         }
     }
 
@@ -177,6 +180,7 @@ impl Sim {
         self.now += STEP_MS;
         let health = self.health;
         let savepoints_fail = self.savepoints_fail;
+        let checkpoints_stall = self.checkpoints_stall;
         for (id, p) in self.pods.iter_mut() {
             match p.phase {
                 PodPhase::Pending => {
@@ -215,7 +219,7 @@ impl Sim {
                             rt.state = JobState::Stopped;
                         }
                     }
-                    if rt.state == JobState::Running {
+                    if rt.state == JobState::Running && !checkpoints_stall {
                         self.checkpoints += 1;
                         let id = rt.next_id;
                         rt.next_id += 1;
@@ -795,6 +799,29 @@ fn failed_pod_restarts_from_last_state_with_degraded() {
         .find(|c| c.type_ == "Degraded")
         .unwrap();
     assert_eq!(deg.status, "False");
+}
+
+#[test]
+fn a_deployment_that_ran_restarts_from_its_runs_latest_snapshot() {
+    // Deployed from a savepoint, seen RUNNING, but no checkpoint observed
+    // before its pod died: it may still have written snapshots (a checkpoint
+    // the operator did not poll in time, or a stop savepoint whose result was
+    // lost), and the runtime's lineage marker scopes "latest" to this run, so
+    // the last state is the runtime's to find, not the savepoint it started
+    // from.
+    let mut s = Sim::new(spec(UpgradeMode::LastState));
+    s.spec.initial_savepoint_path = Some("file:///sp/init".into());
+    s.checkpoints_stall = true;
+    s.settle();
+    assert_eq!(s.status.lifecycle_state, LifecycleState::Running);
+    assert!(s.status.deployment.as_ref().is_some_and(|d| d.stable));
+    assert!(s.status.last_checkpoint.is_none());
+    let cur = s.current().unwrap();
+    s.pods.get_mut(&cur).unwrap().phase = PodPhase::Failed;
+    s.pods.get_mut(&cur).unwrap().rt = None;
+    s.settle();
+    assert_eq!(s.deploys.len(), 2);
+    assert_eq!(s.final_restore(), Restore::LatestCheckpoint);
 }
 
 #[test]

@@ -305,7 +305,8 @@ sinks:
     }
 
     // The second savepoint replaced the first one's reference. Once it is
-    // disposed, the latest checkpoint is what remains.
+    // disposed, what remains of the second run is its own checkpoints if it
+    // wrote any, else the snapshot it started from; never run 1's older ones.
     assert_eq!(
         runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
             .unwrap()
@@ -315,8 +316,11 @@ sinks:
     ok(&runnel(&["savepoint", "dispose", &sp2]));
     let after = runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
         .unwrap()
-        .expect("a checkpoint remains");
-    assert!(after.uri.contains("/chk/chk-"), "{after:?}");
+        .expect("a snapshot remains");
+    assert!(
+        after.uri == sp || (after.uri.contains("/chk/chk-") && after.id > found.id),
+        "{after:?}"
+    );
     assert!(
         std::fs::read_dir(tmp.path().join("chk"))
             .unwrap()
@@ -326,4 +330,93 @@ sinks:
             == 1,
         "older references are pruned"
     );
+}
+
+/// A run restored from an older savepoint shares the checkpoint directory
+/// with the newer snapshots of the run before it. Until it writes its own,
+/// "the latest checkpoint" is the savepoint it started from, never the older
+/// run's newer checkpoints (the operator's last-state restore after the pod
+/// of such a deployment died).
+#[test]
+fn from_latest_checkpoint_stays_in_the_current_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    let job_with = |interval: &str| {
+        let p = tmp.path().join(format!("job-{interval}.yaml"));
+        std::fs::write(
+            &p,
+            format!(
+                r#"
+version: 1
+name: lineage
+checkpoint: {{ interval: {interval}, storage: "file://{dir}/chk" }}
+sources:
+  - name: numbers
+    generator: {{ ratePerSecond: 4000, fields: {{ n: {{ sequence: {{}} }} }} }}
+sinks:
+  - name: out
+    file: {{ path: "{dir}/out" }}
+"#
+            ),
+        )
+        .unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    let (fast, slow) = (job_with("200ms"), job_with("1h"));
+    let chk = format!("file://{dir}/chk");
+    let sp_dir = format!("file://{dir}/savepoints");
+    let latest = || {
+        runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
+            .unwrap()
+            .map(|c| c.uri)
+    };
+    let wait_checkpoint_after = |url: &str, id: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(c) = status(url).last_checkpoint
+                && c.id > id
+            {
+                return c.id;
+            }
+            assert!(Instant::now() < deadline, "no checkpoint after {id}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // Run 1: a savepoint, then newer checkpoints, then killed.
+    let (mut child, url, _out) = start(&[&fast]);
+    wait_running(&url);
+    let sp_a = ok(&runnel(&["savepoint", &url, &sp_dir]));
+    let sp_a_id = runnel_runtime::checkpoint::read_metadata(&sp_a)
+        .unwrap()
+        .checkpoint_id;
+    wait_checkpoint_after(&url, sp_a_id);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let newer = latest().unwrap();
+    assert!(newer.contains("/chk/chk-"), "{newer}");
+
+    // Run 2 (a rollback to the savepoint): killed before its first checkpoint.
+    let (mut child, url, _out) = start(&[&slow, "--from-savepoint", &sp_a]);
+    let s = wait_running(&url);
+    assert_eq!(s.restored_from.as_deref(), Some(sp_a.as_str()));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(latest().as_deref(), Some(sp_a.as_str()), "not {newer}");
+
+    // Its last state is that savepoint; once it checkpoints, its own.
+    let (mut child, url, _out) = start(&[&fast, "--from-latest-checkpoint"]);
+    let s = wait_running(&url);
+    assert_eq!(s.restored_from.as_deref(), Some(sp_a.as_str()));
+    let mine = wait_checkpoint_after(&url, 0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let found = runnel_runtime::checkpoint::find_latest_checkpoint(&chk)
+        .unwrap()
+        .unwrap();
+    assert!(
+        found.uri.contains("/chk/chk-") && found.id >= mine,
+        "{found:?}"
+    );
+    assert_ne!(found.uri, newer);
 }

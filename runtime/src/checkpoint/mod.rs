@@ -3,6 +3,7 @@
 
 mod body_input;
 pub mod format;
+pub mod lineage;
 pub mod redistribute;
 pub mod retention;
 pub mod savepoint_ref;
@@ -247,11 +248,13 @@ fn is_unusable(e: &SnapshotError) -> bool {
 }
 
 /// Loads the newest checkpoint under `dir_uri` (or savepoint it references,
-/// see [`savepoint_ref`]) that is complete and intact, skipping (and logging)
-/// incomplete or corrupt ones.
+/// see [`savepoint_ref`]) of the directory's current run ([`lineage`]) that
+/// is complete and intact, skipping (and logging) incomplete or corrupt ones;
+/// if the run has none yet, the snapshot it started from.
 pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    for (c, uri) in latest_candidates(st.as_ref(), dir_uri)? {
+    let (candidates, start) = latest_candidates(st.as_ref(), dir_uri)?;
+    for (c, uri) in candidates {
         match load_snapshot(&uri) {
             Ok(s)
                 if matches!(c, savepoint_ref::Candidate::Checkpoint(_))
@@ -271,20 +274,37 @@ pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
             Err(e) => return Err(e),
         }
     }
-    Err(SnapshotError::NoCompleteCheckpoint(dir_uri.to_string()))
+    match start.and_then(|l| l.restored_from) {
+        // Not skipped when unusable: falling back to an empty start would
+        // silently drop the state this run began with.
+        Some(uri) => load_snapshot(&uri),
+        None => Err(SnapshotError::NoCompleteCheckpoint(dir_uri.to_string())),
+    }
 }
 
-/// The checkpoints and referenced savepoints of a checkpoint directory with
-/// their URIs, newest first (see [`savepoint_ref`]). A reference that does not
-/// hold a URI is skipped like an incomplete checkpoint.
+/// The checkpoints and referenced savepoints of a checkpoint directory's
+/// current run with their URIs, newest first (see [`savepoint_ref`] and
+/// [`lineage`]), and where that run started. A reference that does not hold a
+/// URI is skipped like an incomplete checkpoint.
+#[allow(clippy::type_complexity)]
 fn latest_candidates(
     st: &dyn CheckpointStorage,
     dir_uri: &str,
-) -> Result<Vec<(savepoint_ref::Candidate, String)>, SnapshotError> {
+) -> Result<
+    (
+        Vec<(savepoint_ref::Candidate, String)>,
+        Option<lineage::Lineage>,
+    ),
+    SnapshotError,
+> {
+    let start = lineage::newest(st)?;
     let chk = checkpoint_ids(st)?;
     let refs = savepoint_ref::ref_ids(st)?;
     let mut out = Vec::new();
     for c in savepoint_ref::candidates(&chk, &refs) {
+        if !lineage::admits(start.as_ref(), c.id()) {
+            continue;
+        }
         match &c {
             savepoint_ref::Candidate::Checkpoint(id) => {
                 out.push((c.clone(), storage::join(dir_uri, &format!("chk-{id}"))))
@@ -298,11 +318,11 @@ fn latest_candidates(
             },
         }
     }
-    Ok(out)
+    Ok((out, start))
 }
 
-/// A complete checkpoint (or referenced savepoint) found by
-/// [`find_latest_checkpoint`].
+/// A complete checkpoint (or referenced savepoint, or the snapshot the current
+/// run started from) found by [`find_latest_checkpoint`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CheckpointRef {
     pub id: u64,
@@ -311,27 +331,36 @@ pub struct CheckpointRef {
     pub metadata: SnapshotMetadata,
 }
 
-/// Finds the newest complete checkpoint under a job's checkpoint directory, or
+/// Reads a snapshot's `_metadata` and checks that every state file it
+/// references exists with the recorded size, without downloading state.
+fn verify(uri: &str) -> Result<SnapshotMetadata, SnapshotError> {
+    let target = open_snapshot(uri)?;
+    let md = read_metadata_in(target.as_ref(), "")?;
+    for op in &md.operators {
+        for sub in &op.subtasks {
+            check_size(target.as_ref(), "", sub)?;
+        }
+    }
+    Ok(md)
+}
+
+/// Finds the newest complete checkpoint of a job's checkpoint directory, or
 /// the newest savepoint it references if that is newer ([`savepoint_ref`]: a
-/// savepoint's output is committed like a checkpoint's), without downloading
-/// state: its `_metadata` decodes and every state file it references exists
-/// with the recorded size. This is what a last-state upgrade
-/// restores from, and it works while the job itself is down. `Ok(None)` means the
-/// directory holds no complete checkpoint; an unreachable storage is an error,
-/// never a reason to pick an older checkpoint.
+/// savepoint's output is committed like a checkpoint's), among the snapshots
+/// of the directory's current run ([`lineage`]); if that run has written none
+/// yet, the snapshot it started from. "Complete" is checked without
+/// downloading state: its `_metadata` decodes and every state file it
+/// references exists with the recorded size. This is what a last-state
+/// upgrade restores from, and it works while the job itself is down.
+/// `Ok(None)` means there is nothing to restore (no snapshot, or a run that
+/// started empty and has not checkpointed); an unreachable storage, or a
+/// starting snapshot that is gone, is an error, never a reason to start older
+/// or empty.
 pub fn find_latest_checkpoint(dir_uri: &str) -> Result<Option<CheckpointRef>, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    for (c, uri) in latest_candidates(st.as_ref(), dir_uri)? {
-        let checked = open_snapshot(&uri).and_then(|target| {
-            let md = read_metadata_in(target.as_ref(), "")?;
-            for op in &md.operators {
-                for sub in &op.subtasks {
-                    check_size(target.as_ref(), "", sub)?;
-                }
-            }
-            Ok(md)
-        });
-        match checked {
+    let (candidates, start) = latest_candidates(st.as_ref(), dir_uri)?;
+    for (c, uri) in candidates {
+        match verify(&uri) {
             // A reference must point at the savepoint it names: a copy of
             // another job's savepoint under that path is not this job's.
             Ok(metadata)
@@ -356,7 +385,17 @@ pub fn find_latest_checkpoint(dir_uri: &str) -> Result<Option<CheckpointRef>, Sn
             Err(e) => return Err(e),
         }
     }
-    Ok(None)
+    match start.and_then(|l| l.restored_from) {
+        Some(uri) => {
+            let metadata = verify(&uri)?;
+            Ok(Some(CheckpointRef {
+                id: metadata.checkpoint_id,
+                uri,
+                metadata,
+            }))
+        }
+        None => Ok(None),
+    }
 }
 
 /// Deletes what an abandoned (never committed) snapshot directory holds, unless

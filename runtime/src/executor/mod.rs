@@ -318,6 +318,15 @@ pub(crate) fn start_with(
         clock_base: Instant::now(),
     };
     master.init_next_id()?;
+    // Before anything of this run reaches the checkpoint directory: from now
+    // on "the latest checkpoint" there means this run's (`lineage`).
+    if let Some(st) = &master.checkpoint_storage {
+        checkpoint::lineage::start(
+            st.as_ref(),
+            master.next_id,
+            master.initial_restore.as_deref(),
+        )?;
+    }
     let join = std::thread::Builder::new()
         .name("job-master".into())
         .spawn(move || master.run())
@@ -380,9 +389,9 @@ impl Master {
     }
 
     /// Checkpoint ids continue after the restored snapshot and after anything
-    /// already in the checkpoint directory (checkpoints and savepoint
-    /// references), so ids never collide and the highest id there is the
-    /// newest snapshot.
+    /// already in the checkpoint directory (checkpoints, savepoint references
+    /// and lineage markers), so ids never collide and the highest id there is
+    /// the newest snapshot.
     fn init_next_id(&mut self) -> Result<(), JobError> {
         let mut max = 0;
         if let Some(uri) = &self.initial_restore {
@@ -393,10 +402,17 @@ impl Master {
         {
             max = max.max(*id);
         }
-        if let Some(st) = &self.checkpoint_storage
-            && let Some(id) = checkpoint::savepoint_ref::ref_ids(st.as_ref())?.first()
-        {
-            max = max.max(*id);
+        if let Some(st) = &self.checkpoint_storage {
+            if let Some(id) = checkpoint::savepoint_ref::ref_ids(st.as_ref())?.first() {
+                max = max.max(*id);
+            }
+            // A marker names the first id of a run, which that run may not
+            // have used: a run that wrote nothing leaves its ids to the next
+            // (and two coordinators racing from the same state still race for
+            // the same checkpoint number, where `_metadata` decides).
+            if let Some(id) = checkpoint::lineage::marker_ids(st.as_ref())?.first() {
+                max = max.max(id.saturating_sub(1));
+            }
         }
         self.next_id = max + 1;
         Ok(())
