@@ -253,7 +253,7 @@ fn is_unusable(e: &SnapshotError) -> bool {
 /// if the run has none yet, the snapshot it started from.
 pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    let (candidates, start) = latest_candidates(st.as_ref(), dir_uri)?;
+    let Latest { candidates, start } = latest_candidates(st.as_ref(), dir_uri)?;
     for (c, uri) in candidates {
         match load_snapshot(&uri) {
             Ok(s)
@@ -282,35 +282,33 @@ pub fn load_latest(dir_uri: &str) -> Result<LoadedSnapshot, SnapshotError> {
     }
 }
 
-/// The checkpoints and referenced savepoints of a checkpoint directory's
-/// current run with their URIs, newest first (see [`savepoint_ref`] and
-/// [`lineage`]), and where that run started. A reference that does not hold a
-/// URI is skipped like an incomplete checkpoint.
-#[allow(clippy::type_complexity)]
-fn latest_candidates(
-    st: &dyn CheckpointStorage,
-    dir_uri: &str,
-) -> Result<
-    (
-        Vec<(savepoint_ref::Candidate, String)>,
-        Option<lineage::Lineage>,
-    ),
-    SnapshotError,
-> {
+/// What "the latest snapshot" of a checkpoint directory is chosen from.
+struct Latest {
+    /// The checkpoints and referenced savepoints of the directory's current
+    /// run with their URIs, newest first (see [`savepoint_ref`] and
+    /// [`lineage`]).
+    candidates: Vec<(savepoint_ref::Candidate, String)>,
+    /// Where that run started, if the directory has a lineage marker.
+    start: Option<lineage::Lineage>,
+}
+
+/// Lists what [`Latest`] holds. A reference that does not hold a URI is
+/// skipped like an incomplete checkpoint.
+fn latest_candidates(st: &dyn CheckpointStorage, dir_uri: &str) -> Result<Latest, SnapshotError> {
     let start = lineage::newest(st)?;
     let chk = checkpoint_ids(st)?;
     let refs = savepoint_ref::ref_ids(st)?;
-    let mut out = Vec::new();
+    let mut candidates = Vec::new();
     for c in savepoint_ref::candidates(&chk, &refs) {
         if !lineage::admits(start.as_ref(), c.id()) {
             continue;
         }
         match &c {
             savepoint_ref::Candidate::Checkpoint(id) => {
-                out.push((c.clone(), storage::join(dir_uri, &format!("chk-{id}"))))
+                candidates.push((c.clone(), storage::join(dir_uri, &format!("chk-{id}"))))
             }
             savepoint_ref::Candidate::SavepointRef(id) => match savepoint_ref::read_ref(st, *id) {
-                Ok(Some(uri)) => out.push((c.clone(), uri)),
+                Ok(Some(uri)) => candidates.push((c.clone(), uri)),
                 Ok(None) | Err(StorageError::NotFound { .. }) => {
                     tracing::debug!(savepoint = id, "empty or vanished savepoint reference")
                 }
@@ -318,7 +316,7 @@ fn latest_candidates(
             },
         }
     }
-    Ok((out, start))
+    Ok(Latest { candidates, start })
 }
 
 /// A complete checkpoint (or referenced savepoint, or the snapshot the current
@@ -358,7 +356,7 @@ fn verify(uri: &str) -> Result<SnapshotMetadata, SnapshotError> {
 /// or empty.
 pub fn find_latest_checkpoint(dir_uri: &str) -> Result<Option<CheckpointRef>, SnapshotError> {
     let st = open_snapshot(dir_uri)?;
-    let (candidates, start) = latest_candidates(st.as_ref(), dir_uri)?;
+    let Latest { candidates, start } = latest_candidates(st.as_ref(), dir_uri)?;
     for (c, uri) in candidates {
         match verify(&uri) {
             // A reference must point at the savepoint it names: a copy of
