@@ -19,12 +19,12 @@ pub mod launch;
 pub mod run;
 
 use std::path::Path;
-
-use crate::declarative::ConnectorRegistry;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
+
+use crate::declarative::ConnectorRegistry;
 
 #[derive(Parser)]
 #[command(
