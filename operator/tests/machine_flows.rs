@@ -494,6 +494,62 @@ fn stateless_upgrade_survives_a_crash_at_every_step() {
     });
 }
 
+/// `stateless` with `initialSavepointPath`: the first deployment and every
+/// upgrade start from that savepoint (never from a checkpoint, never empty),
+/// and no savepoint is taken on the way.
+#[test]
+fn stateless_with_an_initial_savepoint_always_starts_from_it() {
+    let mut base = Sim::new(spec(UpgradeMode::Stateless));
+    base.spec.initial_savepoint_path = Some("file:///sp/init".into());
+    base.settle();
+    assert_eq!(base.status.lifecycle_state, LifecycleState::Running);
+    assert_eq!(
+        base.final_restore(),
+        Restore::Savepoint("file:///sp/init".into())
+    );
+    with_crash_at_every_step(&base, change_parallelism, |s, when| {
+        assert!(s.accepted.is_empty(), "{when}");
+        assert_eq!(s.deploys.len(), 2, "{when}");
+        assert_eq!(
+            s.final_restore(),
+            Restore::Savepoint("file:///sp/init".into()),
+            "{when}"
+        );
+        assert_eq!(s.status.lifecycle_state, LifecycleState::Running, "{when}");
+    });
+}
+
+/// An annotation savepoint that fails: the failure is reported (status
+/// error, a `SavepointFailed` Event), the annotation is removed so that it
+/// does not trigger again and again, and the job keeps running untouched.
+#[test]
+fn a_failed_annotation_savepoint_is_reported_and_the_annotation_removed() {
+    let mut s = running(UpgradeMode::Savepoint);
+    s.savepoints_fail = true;
+    s.annotation = Some("now".into());
+    s.settle();
+    assert_eq!(s.accepted.len(), 1, "one trigger: {:?}", s.accepted);
+    assert_eq!(s.status.savepoint_failures, 1);
+    assert_eq!(s.annotation, None);
+    assert!(s.status.savepoint_in_progress.is_none());
+    assert!(
+        s.status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("savepoint failed")),
+        "{:?}",
+        s.status.error
+    );
+    assert!(
+        s.events.iter().any(|e| e == "SavepointFailed"),
+        "{:?}",
+        s.events
+    );
+    assert!(s.savepoints_of(SavepointTrigger::Annotation).is_empty());
+    assert_eq!(s.deploys.len(), 1, "nothing redeployed");
+    assert_eq!(s.status.lifecycle_state, LifecycleState::Running);
+}
+
 #[test]
 fn suspend_and_resume_survive_a_crash_at_every_step() {
     for mode in [UpgradeMode::Savepoint, UpgradeMode::LastState] {
