@@ -336,6 +336,12 @@ impl PodRunner {
                 .await
                 .map_err(|e| format!("cannot create the log directory: {e}"))?;
         }
+        // The pod's working directory (its HOME) exists even when it has no
+        // volumes: a missing current directory makes the spawn fail with
+        // "No such file or directory", blamed on the program.
+        tokio::fs::create_dir_all(workdir)
+            .await
+            .map_err(|e| format!("cannot create the pod's directory: {e}"))?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

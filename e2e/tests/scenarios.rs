@@ -456,3 +456,72 @@ fn deleting_the_streamjob_removes_its_pods_and_keeps_its_savepoints() {
         );
     }
 }
+
+/// `historyMaxCount: 1`: the second savepoint pushes the first out of the
+/// history, and the operator deletes its files through a disposal Job (the
+/// runtime image's `runnel savepoint dispose`), run by the control plane's
+/// Job controller as a real process, before the entry goes.
+#[test]
+fn a_savepoint_beyond_the_history_is_disposed_by_a_job() {
+    let _g = serial();
+    let Some(st) = Stack::start("dispose") else {
+        return;
+    };
+    let yaml = st
+        .streamjob("walk", r#"{ "n": "n" }"#, "")
+        .replace("  savepoints:\n", "  savepoints:\n    historyMaxCount: 1\n");
+    assert!(yaml.contains("historyMaxCount: 1"), "{yaml}");
+    let o = st.apply(&yaml);
+    assert!(
+        o.status.success(),
+        "kubectl apply: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    st.wait_sj("walk", "Running", 120, |s| {
+        s["status"]["jobState"] == "RUNNING" && s["status"]["lastCheckpoint"]["path"].is_string()
+    });
+    let key_prefix = |path: &str| {
+        path.split('?')
+            .next()
+            .unwrap()
+            .trim_start_matches("s3://runnel/")
+            .to_string()
+    };
+
+    st.kubectl_ok(&["annotate", "sj", "walk", "runnel.dev/savepoint=one"]);
+    let s = st.wait_sj("walk", "the first savepoint", 60, |s| {
+        history(s).len() == 1
+            && s["metadata"]["annotations"]
+                .get("runnel.dev/savepoint")
+                .is_none()
+    });
+    let first = history(&s)[0]["path"].as_str().unwrap().to_string();
+    if let Some(keys) = st.s3_keys(&key_prefix(&first)) {
+        assert!(keys.iter().any(|k| k.ends_with("/_metadata")), "{keys:?}");
+    }
+
+    st.kubectl_ok(&["annotate", "sj", "walk", "runnel.dev/savepoint=two"]);
+    let s = st.wait_sj(
+        "walk",
+        "the second savepoint alone in the history",
+        120,
+        |s| {
+            let h = history(s);
+            h.len() == 1 && h[0]["path"].as_str() != Some(first.as_str())
+        },
+    );
+    let second = history(&s)[0]["path"].as_str().unwrap().to_string();
+    assert_eq!(history(&s)[0]["state"], "Completed");
+    // The first one's files were deleted before its entry went, by a Job
+    // that succeeded.
+    if let Some(keys) = st.s3_keys(&key_prefix(&first)) {
+        assert!(keys.is_empty(), "{first} still has {keys:?}");
+    }
+    if let Some(keys) = st.s3_keys(&key_prefix(&second)) {
+        assert!(keys.iter().any(|k| k.ends_with("/_metadata")), "{keys:?}");
+    }
+    let events = st.kubectl_ok(&["get", "events"]);
+    assert!(events.contains("SavepointDisposed"), "{events}");
+    assert_eq!(s["status"]["jobState"], "RUNNING");
+    assert_eq!(deploy_id(&s), 1, "nothing redeployed");
+}

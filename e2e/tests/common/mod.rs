@@ -571,6 +571,30 @@ spec:
                 );
             }
         }
+        // Every pod's log (runtime pods, disposal Jobs' pods), last lines.
+        let logs = self.dir.path().join("state/logs");
+        for ns in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                if let Ok(t) = std::fs::read_to_string(f.path()) {
+                    let lines: Vec<&str> = t.lines().collect();
+                    eprintln!(
+                        "----- last lines of pod log {} -----\n{}",
+                        f.path().display(),
+                        lines[lines.len().saturating_sub(20)..].join("\n")
+                    );
+                }
+            }
+        }
+        if let Some(pods) = self.get(&["pods"]) {
+            for p in pods["items"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "pod {} {}: {}",
+                    p["metadata"]["name"],
+                    p["status"]["phase"],
+                    p["status"]["containerStatuses"][0]["state"]
+                );
+            }
+        }
         if let Some(e) = self.get(&["events"]) {
             for ev in e["items"].as_array().into_iter().flatten() {
                 eprintln!(
