@@ -67,6 +67,13 @@ struct Sim {
     savepoints_fail: bool,
     /// No periodic checkpoint completes (a long interval, or a stuck job).
     checkpoints_stall: bool,
+    /// The StreamJob is being deleted.
+    deleting: bool,
+    /// The StreamJob carries the operator's finalizer.
+    finalizer: bool,
+    /// When the finalizer was removed: whether a delete savepoint was in the
+    /// history by then.
+    finalizer_removed_after_savepoint: Option<bool>,
 }
 
 fn job() -> serde_json::Value {
@@ -114,6 +121,9 @@ impl Sim {
             checkpoints: 0,
             savepoints_fail: false,
             checkpoints_stall: false,
+            deleting: false,
+            finalizer: false,
+            finalizer_removed_after_savepoint: None,
         }
     }
 
@@ -252,8 +262,8 @@ impl Sim {
             generation: self.generation,
             spec: &self.spec,
             savepoint_annotation: self.annotation.as_deref(),
-            deleting: false,
-            has_finalizer: false,
+            deleting: self.deleting,
+            has_finalizer: self.finalizer,
             status: &self.status,
             world: &world,
             now_ms: self.now,
@@ -324,7 +334,14 @@ impl Sim {
             Action::ForgetDisposal { path } => {
                 self.disposals.remove(path);
             }
-            Action::AddFinalizer | Action::RemoveFinalizer => {}
+            Action::AddFinalizer => self.finalizer = !self.deleting,
+            Action::RemoveFinalizer => {
+                if self.finalizer {
+                    self.finalizer = false;
+                    self.finalizer_removed_after_savepoint =
+                        Some(!self.savepoints_of(SavepointTrigger::Delete).is_empty());
+                }
+            }
             Action::Event { reason, .. } => self.events.push(reason.clone()),
         }
         None
@@ -492,6 +509,120 @@ fn stateless_upgrade_survives_a_crash_at_every_step() {
         assert_eq!(s.deploys.len(), 2, "{when}");
         assert_eq!(s.status.lifecycle_state, LifecycleState::Running, "{when}");
     });
+}
+
+#[test]
+fn health_restart_survives_a_crash_at_every_step() {
+    let base = running(UpgradeMode::Savepoint);
+    with_crash_at_every_step(
+        &base,
+        |s| {
+            let cur = s.current().unwrap();
+            s.pods.get_mut(&cur).unwrap().phase = PodPhase::Failed;
+            s.pods.get_mut(&cur).unwrap().rt = None;
+        },
+        |s, when| {
+            assert_eq!(s.deploys.len(), 2, "{when}: {:?}", s.deploys);
+            assert_eq!(s.final_restore(), Restore::LatestCheckpoint, "{when}");
+            assert!(s.accepted.is_empty(), "{when}: no savepoint of a dead pod");
+            assert_eq!(s.status.lifecycle_state, LifecycleState::Running, "{when}");
+        },
+    );
+}
+
+#[test]
+fn nonce_savepoint_triggers_once_across_crashes() {
+    let base = running(UpgradeMode::Savepoint);
+    with_crash_at_every_step(
+        &base,
+        |s| {
+            s.spec.savepoint_trigger_nonce = Some(7);
+            s.generation += 1;
+        },
+        |s, when| {
+            assert_eq!(s.accepted.len(), 1, "{when}: {:?}", s.accepted);
+            assert_eq!(s.savepoints_of(SavepointTrigger::Nonce).len(), 1, "{when}");
+            assert_eq!(s.deploys.len(), 1, "{when}: a nonce is no upgrade");
+        },
+    );
+}
+
+#[test]
+fn periodic_savepoints_survive_crashes_without_bursts() {
+    let mut base = running(UpgradeMode::Savepoint);
+    base.spec.savepoints.history_max_count = 100;
+    with_crash_at_every_step(
+        &base,
+        |s| s.spec.savepoints.periodic_interval_seconds = Some(10),
+        |s, when| {
+            // 40 simulated seconds of the flow plus the fork's settling: one
+            // every 10 s, never two in a row after a restart.
+            let n = s.savepoints_of(SavepointTrigger::Periodic).len();
+            assert!((3..=11).contains(&n), "{when}: {n}");
+            let mut times: Vec<i64> = s
+                .status
+                .savepoint_history
+                .iter()
+                .filter(|r| r.trigger == SavepointTrigger::Periodic)
+                .map(|r| r.time_ms)
+                .collect();
+            times.sort_unstable();
+            assert!(
+                times.windows(2).all(|w| w[1] - w[0] >= 9_000),
+                "{when}: {times:?}"
+            );
+        },
+    );
+}
+
+#[test]
+fn rollback_survives_a_crash_at_every_step() {
+    let mut base = running(UpgradeMode::Savepoint);
+    base.spec.rollback.enabled = true;
+    base.spec.rollback.timeout_seconds = Some(10);
+    base.spec.health.max_operator_restarts = 0;
+    with_crash_at_every_step(
+        &base,
+        |s| {
+            s.health = Health::AlwaysFails;
+            s.spec.image = "runnel:broken".into();
+            s.generation += 1;
+        },
+        |s, when| {
+            let up = s.savepoints_of(SavepointTrigger::Upgrade);
+            assert_eq!(up.len(), 1, "{when}: one upgrade savepoint");
+            assert_eq!(s.stop_triggers(), 1, "{when}");
+            let last = s.deploys.last().unwrap();
+            assert_eq!(last.1, 1, "{when}: the stable spec: {:?}", s.deploys);
+            assert_eq!(last.2, Restore::Savepoint(up[0].clone()), "{when}");
+            assert_eq!(s.status.rolled_back_generation, Some(2), "{when}");
+        },
+    );
+}
+
+#[test]
+fn final_savepoint_on_delete_survives_a_crash_at_every_step() {
+    let mut base = running(UpgradeMode::Savepoint);
+    base.spec.savepoints.savepoint_on_delete = true;
+    base.settle();
+    assert!(
+        base.finalizer,
+        "the finalizer is added while the option is on"
+    );
+    with_crash_at_every_step(
+        &base,
+        |s| s.deleting = true,
+        |s, when| {
+            assert!(!s.finalizer, "{when}: the finalizer goes");
+            assert_eq!(
+                s.finalizer_removed_after_savepoint,
+                Some(true),
+                "{when}: only after the savepoint"
+            );
+            assert_eq!(s.stop_triggers(), 1, "{when}: one final savepoint");
+            assert_eq!(s.savepoints_of(SavepointTrigger::Delete).len(), 1, "{when}");
+        },
+    );
 }
 
 /// `stateless` with `initialSavepointPath`: the first deployment and every
