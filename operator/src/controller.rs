@@ -66,6 +66,23 @@ impl Context {
     }
 }
 
+/// The Kubernetes Event for one of the machine's events. The note is cut at
+/// 1,000 characters: the API refuses longer ones, and a refused Event would be
+/// lost, not shortened.
+pub fn event_for(warning: bool, reason: &str, message: &str) -> Event {
+    Event {
+        type_: if warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.to_string(),
+        note: Some(message.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    }
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -226,17 +243,7 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
                 message,
             } => {
                 info!(reason = %reason, message = %message, "event");
-                let ev = Event {
-                    type_: if *warning {
-                        EventType::Warning
-                    } else {
-                        EventType::Normal
-                    },
-                    reason: reason.clone(),
-                    note: Some(message.chars().take(1000).collect()),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                };
+                let ev = event_for(*warning, reason, message);
                 if let Err(e) = ctx.recorder.publish(&ev, &reference).await {
                     warn!(error = %e, "could not publish an Event");
                 }

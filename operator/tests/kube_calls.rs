@@ -421,3 +421,92 @@ async fn runtime_defaults_reach_the_pod_and_the_disposal_job_but_never_override_
     io.start_disposal(&spec, "s3://b/sp/1", &cmd).await.unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn finalizers_are_set_with_a_merge_patch_and_a_gone_object_is_fine() {
+    let (io, mut h) = io();
+    let server = tokio::spawn(async move {
+        for found in [true, false] {
+            let (req, send) = h.next_request().await.unwrap();
+            assert_eq!(req.method(), Method::PATCH);
+            assert_eq!(
+                req.uri().to_string(),
+                "/apis/runnel.dev/v1alpha1/namespaces/ns/streamjobs/demo?"
+            );
+            assert_eq!(
+                req.headers()["content-type"],
+                "application/merge-patch+json"
+            );
+            let body: Value =
+                serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+            if found {
+                assert_eq!(
+                    body,
+                    json!({"metadata":{"finalizers":["other.io/keep","runnel.dev/final-savepoint"]}})
+                );
+                reply(send, StatusCode::OK, stream_job());
+            } else {
+                assert_eq!(body, json!({"metadata":{"finalizers":[]}}));
+                reply(send, StatusCode::NOT_FOUND, not_found());
+            }
+        }
+    });
+    io.set_finalizers(vec![
+        "other.io/keep".into(),
+        "runnel.dev/final-savepoint".into(),
+    ])
+    .await
+    .unwrap();
+    // Deleted meanwhile: nothing left to hold.
+    io.set_finalizers(vec![]).await.unwrap();
+    server.await.unwrap();
+}
+
+/// An Event the machine emits is created in the StreamJob's namespace through
+/// events.k8s.io/v1, naming the StreamJob, the operator as reporter, its type
+/// and reason, and the message (cut at 1,000 characters).
+#[tokio::test]
+async fn events_are_created_for_the_streamjob() {
+    use kube::Resource;
+    use kube::runtime::events::{Recorder, Reporter};
+    let (svc, mut h) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(svc, "ns");
+    let recorder = Recorder::new(
+        client,
+        Reporter {
+            controller: "runnel-operator".into(),
+            instance: Some("op-0".into()),
+        },
+    );
+    let sj: runnel_operator::crd::StreamJob = serde_json::from_value(json!({
+        "apiVersion": "runnel.dev/v1alpha1", "kind": "StreamJob",
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "uid-1"},
+        "spec": spec()
+    }))
+    .unwrap();
+    let reference = sj.object_ref(&());
+    let long = "x".repeat(1500);
+    let server = tokio::spawn(async move {
+        let (req, send) = h.next_request().await.unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(
+            req.uri().path(),
+            "/apis/events.k8s.io/v1/namespaces/ns/events"
+        );
+        let body: Value =
+            serde_json::from_slice(&req.into_body().collect_bytes().await.unwrap()).unwrap();
+        assert_eq!(body["type"], "Warning");
+        assert_eq!(body["reason"], "SavepointFailed");
+        assert_eq!(body["action"], "Reconcile");
+        assert_eq!(body["note"].as_str().unwrap().len(), 1000);
+        assert_eq!(body["regarding"]["kind"], "StreamJob");
+        assert_eq!(body["regarding"]["name"], "demo");
+        assert_eq!(body["regarding"]["uid"], "uid-1");
+        assert_eq!(body["reportingController"], "runnel-operator");
+        assert_eq!(body["reportingInstance"], "op-0");
+        reply(send, StatusCode::CREATED, body);
+    });
+    let ev = runnel_operator::controller::event_for(true, "SavepointFailed", &long);
+    recorder.publish(&ev, &reference).await.unwrap();
+    server.await.unwrap();
+}
