@@ -13,6 +13,11 @@
 
 use std::time::{Duration, Instant};
 
+// The allocator the `runnel` binary runs declarative jobs with.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use runnel_runtime::declarative::sinks::FileSink;
 use runnel_runtime::declarative::{self, ConnectorRegistry, Value};
 use runnel_runtime::sources::GeneratorSource;
