@@ -119,6 +119,7 @@ async fn observe_runtime(
             restarts: st.restarts,
             completed: cp.completed,
             in_progress: cp.in_progress,
+            restored_from: st.restored_from,
         }),
         (Err(e), _) | (_, Err(e)) => {
             tracing::debug!(error = %e, "runtime not answering");

@@ -318,6 +318,16 @@ pub struct SavepointInProgress {
     pub deploy_id: u64,
 }
 
+/// A savepoint that may have completed without the operator reading it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UnconfirmedSavepoint {
+    pub trigger: SavepointTrigger,
+    /// Unique per savepoint (`<directory>/<namespace>-<name>-<seq>`).
+    pub target_directory: String,
+    pub started_ms: i64,
+}
+
 /// Where a deployment restores from.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", tag = "kind", content = "path")]
@@ -459,6 +469,13 @@ pub struct StreamJobStatus {
     pub savepoint_history: Vec<SavepointRecord>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub savepoint_in_progress: Option<SavepointInProgress>,
+    /// A savepoint whose outcome could not be read (its pod went away, the
+    /// runtime forgot the trigger, or it timed out). The runtime records a
+    /// savepoint in the checkpoint directory before it completes, so a later
+    /// deployment restoring from the latest state may restore from it: then
+    /// it is adopted into the history (and disposed of like any other).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unconfirmed_savepoint: Option<UnconfirmedSavepoint>,
     /// Path of the newest completed savepoint (printer column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_savepoint: Option<String>,

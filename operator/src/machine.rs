@@ -15,7 +15,8 @@ use runnel_api::{CheckpointInProgress, CheckpointInfo, JobState, SnapshotKind};
 use crate::crd::{
     CheckpointRef, Condition, DeploymentRecord, DesiredState, HealthWindow, LifecycleState,
     Operation, OperationKind, OperationPhase, Restore, SavepointInProgress, SavepointRecord,
-    SavepointRecordState, SavepointTrigger, StreamJobSpec, StreamJobStatus, UpgradeMode,
+    SavepointRecordState, SavepointTrigger, StreamJobSpec, StreamJobStatus, UnconfirmedSavepoint,
+    UpgradeMode,
 };
 
 /// Phase of a runtime pod.
@@ -44,6 +45,8 @@ pub struct RuntimeObs {
     pub restarts: u32,
     pub completed: Vec<CheckpointInfo>,
     pub in_progress: Vec<CheckpointInProgress>,
+    /// The snapshot this runtime restored from, as it reports it.
+    pub restored_from: Option<String>,
 }
 
 /// Answer of `GET /v1/job/savepoints/{id}` for the recorded trigger id.
@@ -255,6 +258,7 @@ pub fn decide(input: &Input<'_>) -> Decision {
     c.st.observed_generation = Some(input.generation);
     observe_runtime(&mut c);
     track_savepoint(&mut c);
+    adopt_unconfirmed_savepoint(&mut c);
 
     if input.deleting {
         on_delete(&mut c);
@@ -355,11 +359,63 @@ enum SpProgress {
     InProgress,
     Completed(String),
     Failed(String),
+    /// Not read: it may have completed (the runtime records it before).
+    Lost(String),
 }
 
+/// Whether `path` lies under `dir`. Storage URIs may carry a query
+/// (`s3://b/p?endpoint=...`) after the path: only the paths are compared.
 fn under(dir: &str, path: &str) -> bool {
+    let strip = |u: &str| u.split_once('?').map_or(u, |(p, _)| p).to_string();
+    let (dir, path) = (strip(dir), strip(path));
     path.strip_prefix(dir.trim_end_matches('/'))
         .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// A savepoint whose outcome was not read is adopted into the history once
+/// the runtime of a later deployment reports restoring from it: the runtime
+/// found it complete, and it committed output, so it is the job's savepoint
+/// like any other (shown, kept, disposed of in turn). Any other restore point
+/// means it is not the job's latest state, and it is forgotten.
+fn adopt_unconfirmed_savepoint(c: &mut Ctx<'_>) {
+    let Some(u) = c.st.unconfirmed_savepoint.clone() else {
+        return;
+    };
+    let Some(d) = c.st.deployment.as_ref() else {
+        return;
+    };
+    let Some(rt) = c.input.world.runtime.as_ref() else {
+        return;
+    };
+    if rt.deploy_id != d.deploy_id || d.started_ms <= u.started_ms {
+        return;
+    }
+    c.st.unconfirmed_savepoint = None;
+    let Some(path) = rt
+        .restored_from
+        .clone()
+        .filter(|p| under(&u.target_directory, p))
+    else {
+        return;
+    };
+    if c.st.savepoint_history.iter().any(|r| r.path == path) {
+        return;
+    }
+    c.st.savepoint_history.push(SavepointRecord {
+        path: path.clone(),
+        time_ms: u.started_ms,
+        trigger: u.trigger,
+        state: SavepointRecordState::Completed,
+    });
+    c.st.last_savepoint = Some(path.clone());
+    c.event(
+        false,
+        "SavepointRecovered",
+        format!(
+            "{:?} savepoint {path} completed without its result being read; the job restored from it",
+            u.trigger
+        ),
+    );
 }
 
 fn savepoint_progress(c: &Ctx<'_>, sp: &SavepointInProgress) -> SpProgress {
@@ -385,7 +441,7 @@ fn savepoint_progress(c: &Ctx<'_>, sp: &SavepointInProgress) -> SpProgress {
         (Some(_), Some(TriggerObs::Completed(p))) => return SpProgress::Completed(p.clone()),
         (Some(_), Some(TriggerObs::Failed(e))) => return SpProgress::Failed(e.clone()),
         (Some(_), Some(TriggerObs::Unknown)) => {
-            return SpProgress::Failed("the runtime no longer knows the savepoint trigger".into());
+            return SpProgress::Lost("the runtime no longer knows the savepoint trigger".into());
         }
         _ => {}
     }
@@ -393,10 +449,10 @@ fn savepoint_progress(c: &Ctx<'_>, sp: &SavepointInProgress) -> SpProgress {
         p.deploy_id == sp.deploy_id && matches!(p.phase, PodPhase::Pending | PodPhase::Running)
     });
     if !pod_alive {
-        return SpProgress::Failed("the runtime pod went away during the savepoint".into());
+        return SpProgress::Lost("the runtime pod went away during the savepoint".into());
     }
     if c.now() - sp.started_ms > (c.input.spec.savepoints.timeout_seconds as i64) * 1000 {
-        return SpProgress::Failed("timed out".into());
+        return SpProgress::Lost("timed out".into());
     }
     if sp.trigger_id.is_none() && rt.is_some_and(|r| r.state == JobState::Running) {
         // The runtime shows no trace of it: the trigger was never sent.
@@ -410,7 +466,9 @@ fn track_savepoint(c: &mut Ctx<'_>) {
     let Some(sp) = c.st.savepoint_in_progress.clone() else {
         return;
     };
-    match savepoint_progress(c, &sp) {
+    let progress = savepoint_progress(c, &sp);
+    let lost = matches!(progress, SpProgress::Lost(_));
+    match progress {
         SpProgress::InProgress => {}
         SpProgress::NotStarted => c.actions.push(Action::TriggerSavepoint {
             target_directory: sp.target_directory.clone(),
@@ -443,7 +501,14 @@ fn track_savepoint(c: &mut Ctx<'_>) {
                 op.phase = OperationPhase::TearingDown;
             }
         }
-        SpProgress::Failed(reason) => {
+        SpProgress::Failed(reason) | SpProgress::Lost(reason) => {
+            if lost {
+                c.st.unconfirmed_savepoint = Some(UnconfirmedSavepoint {
+                    trigger: sp.trigger,
+                    target_directory: sp.target_directory.clone(),
+                    started_ms: sp.started_ms,
+                });
+            }
             c.st.savepoint_in_progress = None;
             c.st.savepoint_failures = c.st.savepoint_failures.saturating_add(1);
             c.st.last_savepoint_failure_ms = Some(c.now());
@@ -1215,6 +1280,24 @@ fn finish(c: &mut Ctx<'_>) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn paths_under_a_directory_ignore_uri_queries() {
+        use super::under;
+        let q = "?endpoint=http://h:1&path_style=true";
+        let dir = format!("s3://b/sp/ns-a-3{q}");
+        assert!(under(&dir, &format!("s3://b/sp/ns-a-3/savepoint-7-abc{q}")));
+        assert!(under(
+            "s3://b/sp/ns-a-3/",
+            "s3://b/sp/ns-a-3/savepoint-7-abc"
+        ));
+        assert!(!under(
+            &dir,
+            &format!("s3://b/sp/ns-a-30/savepoint-7-abc{q}")
+        ));
+        assert!(!under(&dir, &format!("s3://b/sp/ns-a-3{q}")));
+        assert!(!under(&dir, "s3://b/chk/chk-7"));
+    }
+
     #[test]
     fn savepoint_targets_keep_the_uri_query_last() {
         assert_eq!(

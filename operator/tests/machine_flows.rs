@@ -36,6 +36,8 @@ struct SimRuntime {
     in_progress: Vec<(CheckpointInProgress, bool)>,
     triggers: BTreeMap<String, String>,
     next_id: u64,
+    /// What the runtime reports restoring from.
+    restored_from: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -74,6 +76,10 @@ struct Sim {
     /// When the finalizer was removed: whether a delete savepoint was in the
     /// history by then.
     finalizer_removed_after_savepoint: Option<bool>,
+    /// The newest snapshot the runtime's "latest" discovery finds: the last
+    /// completed checkpoint or savepoint (the runtime records savepoints in
+    /// the checkpoint directory).
+    latest: Option<String>,
 }
 
 fn job() -> serde_json::Value {
@@ -124,6 +130,7 @@ impl Sim {
             deleting: false,
             finalizer: false,
             finalizer_removed_after_savepoint: None,
+            latest: None,
         }
     }
 
@@ -150,6 +157,7 @@ impl Sim {
                 restarts: rt.restarts,
                 completed: rt.completed.clone(),
                 in_progress: rt.in_progress.iter().map(|(c, _)| c.clone()).collect(),
+                restored_from: rt.restored_from.clone(),
             })
         });
         let trigger = self.status.savepoint_in_progress.as_ref().and_then(|sp| {
@@ -191,6 +199,7 @@ impl Sim {
         let health = self.health;
         let savepoints_fail = self.savepoints_fail;
         let checkpoints_stall = self.checkpoints_stall;
+        let mut latest = self.latest.clone();
         for (id, p) in self.pods.iter_mut() {
             match p.phase {
                 PodPhase::Pending => {
@@ -205,6 +214,11 @@ impl Sim {
                             in_progress: vec![],
                             triggers: BTreeMap::new(),
                             next_id: 1,
+                            restored_from: match &p.restore {
+                                Restore::Empty => None,
+                                Restore::Savepoint(s) => Some(s.clone()),
+                                Restore::LatestCheckpoint => latest.clone(),
+                            },
                         });
                     }
                 }
@@ -216,6 +230,7 @@ impl Sim {
                             // Failed: never completes, the job keeps running.
                             continue;
                         }
+                        latest = Some(format!("{}/savepoint-{}-abc{}", c.path, c.id, id));
                         rt.completed.push(CheckpointInfo {
                             id: c.id,
                             kind: c.kind,
@@ -233,6 +248,7 @@ impl Sim {
                         self.checkpoints += 1;
                         let id = rt.next_id;
                         rt.next_id += 1;
+                        latest = Some(format!("file:///chk/chk-{id}"));
                         rt.completed.push(CheckpointInfo {
                             id,
                             kind: SnapshotKind::Checkpoint,
@@ -247,6 +263,7 @@ impl Sim {
                 _ => {}
             }
         }
+        self.latest = latest;
         for (path, st) in self.disposals.iter_mut() {
             if *st == DisposalState::Running {
                 *st = DisposalState::Succeeded;
@@ -623,6 +640,61 @@ fn final_savepoint_on_delete_survives_a_crash_at_every_step() {
             assert_eq!(s.savepoints_of(SavepointTrigger::Delete).len(), 1, "{when}");
         },
     );
+}
+
+/// A stop savepoint completes, and the pod is evicted before the operator
+/// reads the result. The upgrade falls back to the latest state, which the
+/// runtime finds to be that savepoint (it records savepoints in the checkpoint
+/// directory). Once the new runtime reports restoring from it, the savepoint
+/// joins the history: shown, kept and disposed of like any other, not an
+/// orphan.
+#[test]
+fn a_stop_savepoint_whose_result_was_lost_is_adopted_into_the_history() {
+    let mut s = running(UpgradeMode::Savepoint);
+    s.spec.allow_checkpoint_fallback = true;
+    change_parallelism(&mut s);
+    while s.stop_triggers() == 0 {
+        s.round(None);
+    }
+    s.tick(); // the savepoint completes
+    let lost = s.latest.clone().unwrap();
+    assert!(lost.contains("/savepoint-"), "{lost}");
+    let cur = s.current().unwrap();
+    s.pods.remove(&cur); // evicted, result unread
+    s.round(None);
+    assert!(
+        s.status
+            .unconfirmed_savepoint
+            .as_ref()
+            .is_some_and(|u| u.trigger == SavepointTrigger::Upgrade),
+        "{:?}",
+        s.status.unconfirmed_savepoint
+    );
+    assert!(s.status.savepoint_history.iter().all(|r| r.path != lost));
+    s.settle();
+    let (id, generation, restore) = s.deploys.last().unwrap().clone();
+    assert_eq!(generation, s.generation, "the upgrade went through");
+    assert_eq!(restore, Restore::LatestCheckpoint);
+    assert_eq!(
+        s.pods[&id].rt.as_ref().unwrap().restored_from.as_deref(),
+        Some(lost.as_str())
+    );
+    let h: Vec<_> = s
+        .status
+        .savepoint_history
+        .iter()
+        .filter(|r| r.path == lost)
+        .collect();
+    assert_eq!(h.len(), 1, "{:?}", s.status.savepoint_history);
+    assert_eq!(h[0].trigger, SavepointTrigger::Upgrade);
+    assert_eq!(h[0].state, SavepointRecordState::Completed);
+    assert!(
+        s.events.iter().any(|e| e == "SavepointRecovered"),
+        "{:?}",
+        s.events
+    );
+    assert!(s.status.unconfirmed_savepoint.is_none());
+    assert_eq!(s.stop_triggers(), 1, "no second stop savepoint");
 }
 
 /// `stateless` with `initialSavepointPath`: the first deployment and every
