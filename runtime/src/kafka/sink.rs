@@ -105,6 +105,26 @@ struct EosRuntime {
 /// A transactional producer and its delivery tracker.
 type TxnProducer = (ThreadedProducer<TrackedContext>, Arc<DeliveryTracker>);
 
+/// Serializes transaction boundaries (`init_transactions`, which may roll
+/// back a dead transaction, and `commit_transaction`) across the
+/// exactly-once sinks of this process.
+///
+/// Why: nisshi 0.7.0, the test broker, races when two producers end
+/// transactions on the same partitions at the same moment. One `EndTxn` can
+/// finalize the other while the other still writes its markers, which leaves a
+/// finished transaction holding offsets; if that was its producer epoch's last
+/// transaction, every later one waits for it and the last stable offset never
+/// moves again (docs/kafka-exactly-once.md). Across processes nothing can
+/// prevent it; within one, this lock does. On Apache Kafka it costs at most one
+/// `EndTxn` round trip per other sink subtask of the process per checkpoint.
+static TXN_BOUNDARY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn txn_boundary() -> std::sync::MutexGuard<'static, ()> {
+    TXN_BOUNDARY
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 struct Recovery {
     owned: Vec<SinkTxnState>,
     /// The producers of the taken-over ids, by old subtask index.
@@ -195,10 +215,13 @@ fn txn_producer(cfg: &KafkaSinkConfig, txn_id: &str) -> Result<TxnProducer, Kafk
     // Ends whatever the previous holder of this id left open. On Apache Kafka
     // this aborts it; on nisshi 0.7 it does not (see the design note), which
     // is why recovery reads back what became visible instead of trusting it.
-    p.init_transactions(cfg.flush_timeout)
-        .map_err(KafkaError::client(format!(
-            "init transactions for '{txn_id}'"
-        )))?;
+    {
+        let _boundary = txn_boundary();
+        p.init_transactions(cfg.flush_timeout)
+            .map_err(KafkaError::client(format!(
+                "init transactions for '{txn_id}'"
+            )))?;
+    }
     Ok((p, t))
 }
 
@@ -283,9 +306,12 @@ fn produce_transaction(
             checkpoint_id: last_id,
         });
     }
-    producer
-        .commit_transaction(cfg.flush_timeout)
-        .map_err(KafkaError::client("commit transaction"))?;
+    {
+        let _boundary = txn_boundary();
+        producer
+            .commit_transaction(cfg.flush_timeout)
+            .map_err(KafkaError::client("commit transaction"))?;
+    }
     tracker.take_error()?;
     if let Some(f) = fault {
         f(SinkFaultPoint::AfterCommit {
