@@ -88,6 +88,22 @@ fn wait_records(url: &str, from: f64, n: f64) -> f64 {
     }
 }
 
+/// Exactly once, from the generator's `n` at source parallelism 2 (record i
+/// of subtask s is n = 2i + s): per subtask a gap-free prefix of its
+/// sequence, and no value twice.
+fn assert_exactly_once_over_two_subtasks(all: &[serde_json::Value]) {
+    let mut ns: Vec<i64> = all.iter().map(|v| v["n"].as_i64().unwrap()).collect();
+    ns.sort_unstable();
+    let before = ns.len();
+    ns.dedup();
+    assert_eq!(ns.len(), before, "duplicates across the restore");
+    for s in 0..2 {
+        let mine: Vec<i64> = ns.iter().copied().filter(|n| n % 2 == s).collect();
+        let expected: Vec<i64> = (0..mine.len() as i64).map(|k| k * 2 + s).collect();
+        assert_eq!(mine, expected, "subtask {s}: lost records");
+    }
+}
+
 fn finish(mut child: Child, mut out: BufReader<std::process::ChildStdout>) -> String {
     let status = child.wait().unwrap();
     let mut rest = String::new();
@@ -179,16 +195,7 @@ sinks:
     // its sequence (i = next * 2 + subtask), and no value twice.
     let all = read_published(&tmp.path().join("out")).unwrap();
     assert!(all.len() > first.len(), "the resumed run published more");
-    let mut ns: Vec<i64> = all.iter().map(|v| v["n"].as_i64().unwrap()).collect();
-    ns.sort_unstable();
-    let before = ns.len();
-    ns.dedup();
-    assert_eq!(ns.len(), before, "duplicates across the restore");
-    for s in 0..2 {
-        let mine: Vec<i64> = ns.iter().copied().filter(|n| n % 2 == s).collect();
-        let expected: Vec<i64> = (0..mine.len() as i64).map(|k| k * 2 + s).collect();
-        assert_eq!(mine, expected, "subtask {s}: lost records");
-    }
+    assert_exactly_once_over_two_subtasks(&all);
     for v in &all {
         assert_eq!(
             v["odd"],
@@ -293,16 +300,7 @@ sinks:
     finish(child, out);
 
     let all = read_published(&tmp.path().join("out")).unwrap();
-    let mut ns: Vec<i64> = all.iter().map(|v| v["n"].as_i64().unwrap()).collect();
-    ns.sort_unstable();
-    let before = ns.len();
-    ns.dedup();
-    assert_eq!(ns.len(), before, "duplicates across the restore");
-    for s in 0..2 {
-        let mine: Vec<i64> = ns.iter().copied().filter(|n| n % 2 == s).collect();
-        let expected: Vec<i64> = (0..mine.len() as i64).map(|k| k * 2 + s).collect();
-        assert_eq!(mine, expected, "subtask {s}: lost records");
-    }
+    assert_exactly_once_over_two_subtasks(&all);
 
     // The second savepoint replaced the first one's reference. Once it is
     // disposed, what remains of the second run is its own checkpoints if it

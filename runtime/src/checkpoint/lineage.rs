@@ -32,14 +32,7 @@ fn name(first_id: u64) -> String {
 
 /// Marker ids directly under the storage root, newest first.
 pub fn marker_ids(st: &dyn CheckpointStorage) -> Result<Vec<u64>, StorageError> {
-    let mut ids: Vec<u64> = st
-        .list("")?
-        .into_iter()
-        .filter_map(|n| n.strip_prefix(PREFIX).and_then(|s| s.parse::<u64>().ok()))
-        .collect();
-    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
-    ids.dedup();
-    Ok(ids)
+    super::numbered(st, PREFIX)
 }
 
 /// The newest marker, if any. A marker that vanished between the listing and

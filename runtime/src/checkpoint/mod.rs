@@ -223,10 +223,16 @@ pub fn list_checkpoints(dir_uri: &str) -> Result<Vec<(u64, String)>, SnapshotErr
 
 /// `chk-N` ids directly under the storage root, newest first.
 pub(crate) fn checkpoint_ids(st: &dyn CheckpointStorage) -> Result<Vec<u64>, StorageError> {
+    numbered(st, "chk-")
+}
+
+/// The N of every `<prefix>N` directly under the storage root, newest first
+/// (checkpoints, savepoint references and lineage markers are named so).
+pub(crate) fn numbered(st: &dyn CheckpointStorage, prefix: &str) -> Result<Vec<u64>, StorageError> {
     let mut ids: Vec<u64> = st
         .list("")?
         .into_iter()
-        .filter_map(|n| n.strip_prefix("chk-").and_then(|s| s.parse::<u64>().ok()))
+        .filter_map(|n| n.strip_prefix(prefix).and_then(|s| s.parse::<u64>().ok()))
         .collect();
     ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
     ids.dedup();

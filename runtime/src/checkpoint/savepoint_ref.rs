@@ -28,14 +28,7 @@ pub fn ref_name(id: u64) -> String {
 
 /// Reference ids directly under the checkpoint storage root, newest first.
 pub fn ref_ids(st: &dyn CheckpointStorage) -> Result<Vec<u64>, StorageError> {
-    let mut ids: Vec<u64> = st
-        .list("")?
-        .into_iter()
-        .filter_map(|n| n.strip_prefix(PREFIX).and_then(|s| s.parse::<u64>().ok()))
-        .collect();
-    ids.sort_unstable_by_key(|id| std::cmp::Reverse(*id));
-    ids.dedup();
-    Ok(ids)
+    super::numbered(st, PREFIX)
 }
 
 /// Records that savepoint `id` is (about to be) at `uri`.
