@@ -2,6 +2,7 @@
 //! [`machine::decide`] → write the status (write-ahead) → act → record the
 //! trigger id of a savepoint it sent.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,12 +16,13 @@ use runnel_api::TriggerState;
 use tracing::{Instrument, info, warn};
 
 use crate::control::ControlClient;
-use crate::crd::{FINALIZER, SAVEPOINT_ANNOTATION, StreamJob, StreamJobStatus};
+use crate::crd::{FINALIZER, SAVEPOINT_ANNOTATION, StreamJob, StreamJobSpec, StreamJobStatus};
 use crate::defaults::RuntimeDefaults;
 use crate::kubeio::{KubeError, KubeIo, ListedPod, StatusWrite};
-use crate::machine::{self, Action, Input, RuntimeObs, TriggerObs, World};
+use crate::machine::{self, Action, Input, PodPhase, RuntimeObs, TriggerObs, World};
 use crate::metrics::{Metrics, ResultLabel, SavepointLabel};
 use crate::render::{CONTROL_PORT, Owner};
+use crate::workers;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
@@ -325,6 +327,7 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
             }
         }
     }
+    sync_workers(&io, &spec, &pods, &decision.actions).await?;
     ctx.metrics
         .set_lifecycle(&key, Some(written.lifecycle_state));
     let busy = written.operation.is_some()
@@ -337,6 +340,59 @@ async fn reconcile_inner(obj: &StreamJob, ctx: &Context) -> Result<Requeue, Reco
     } else {
         Duration::from_secs(30)
     }))
+}
+
+/// Keeps the worker pods of distributed deployments: replaces lost ones and
+/// removes those whose coordinator is gone (see [`workers::plan`]), from the
+/// pods listed at the start of this round and what its actions changed.
+async fn sync_workers(
+    io: &KubeIo,
+    spec: &StreamJobSpec,
+    pods: &[ListedPod],
+    actions: &[Action],
+) -> Result<(), KubeError> {
+    let mut coordinators: Vec<workers::Coordinator> = pods
+        .iter()
+        .map(|p| workers::Coordinator {
+            deploy_id: p.obs.deploy_id,
+            phase: p.obs.phase.clone(),
+            replicas: p.workers,
+        })
+        .collect();
+    for a in actions {
+        match a {
+            Action::DeletePods { keep } => coordinators
+                .iter_mut()
+                .filter(|c| Some(c.deploy_id) != *keep)
+                .for_each(|c| c.phase = PodPhase::Terminating),
+            Action::Deploy {
+                deploy_id, spec, ..
+            } => coordinators.push(workers::Coordinator {
+                deploy_id: *deploy_id,
+                phase: PodPhase::Pending,
+                replicas: spec.workers.as_ref().map_or(0, |w| w.replicas),
+            }),
+            _ => {}
+        }
+    }
+    // A one-pod job that never had workers costs no extra call.
+    if spec.workers.is_none() && coordinators.iter().all(|c| c.replicas == 0) {
+        return Ok(());
+    }
+    let plan = workers::plan(&coordinators, &io.list_workers().await?);
+    for name in &plan.delete {
+        info!(pod = %name, "delete a worker pod");
+        io.delete_worker(name).await?;
+    }
+    let mut missing: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+    for (id, i) in plan.create {
+        missing.entry(id).or_default().push(i);
+    }
+    for (id, indices) in missing {
+        info!(deploy_id = id, ?indices, "create missing worker pods");
+        io.create_workers(id, &indices).await?;
+    }
+    Ok(())
 }
 
 fn record_savepoint_metrics(ctx: &Context, old: &StreamJobStatus, new: &StreamJobStatus, now: i64) {

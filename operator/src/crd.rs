@@ -110,6 +110,32 @@ pub struct StreamJobSpec {
     pub rollback: RollbackSpec,
     #[serde(default)]
     pub health: HealthSpec,
+    /// Run the job distributed: one coordinator pod and this many worker
+    /// pods (docs/distributed.md). Unset: one pod runs the whole job.
+    /// Checkpoint storage must then be shared by the pods (`s3://`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<WorkersSpec>,
+}
+
+/// The worker pods of a distributed job (Flink's TaskManagers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkersSpec {
+    #[schemars(range(min = 1))]
+    pub replicas: u32,
+    /// Subtask slots per worker (`runnel worker --slots`): a job needs as
+    /// many slots in total as its largest parallelism.
+    #[serde(default = "default_slots")]
+    #[schemars(range(min = 1))]
+    pub slots: u32,
+    /// Worker resources; unset: `spec.resources`, which the coordinator pod
+    /// always takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+fn default_slots() -> u32 {
+    4
 }
 
 fn free_form_object(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -14,6 +14,7 @@ use crate::crd::{Restore, StreamJob, StreamJobSpec, StreamJobStatus};
 use crate::defaults::RuntimeDefaults;
 use crate::machine::{DisposalObs, DisposalState, PodObs, PodPhase};
 use crate::render::{self, Owner};
+use crate::workers;
 
 pub const FIELD_MANAGER: &str = "runnel-operator";
 
@@ -53,6 +54,8 @@ pub enum StatusWrite {
 pub struct ListedPod {
     pub obs: PodObs,
     pub ip: Option<String>,
+    /// Worker pods it coordinates (0: a one-pod job).
+    pub workers: u32,
 }
 
 /// The calls for one StreamJob.
@@ -125,6 +128,7 @@ impl KubeIo {
                         phase,
                     },
                     ip: status.and_then(|s| s.pod_ip.clone()),
+                    workers: render::worker_replicas(&p),
                 })
             })
             .collect())
@@ -173,7 +177,17 @@ impl KubeIo {
         spec: &StreamJobSpec,
         restore: &Restore,
     ) -> Result<(), KubeError> {
-        let cm = render::configmap(&self.owner, deploy_id, spec);
+        let mut pod = render::pod(&self.owner, deploy_id, spec_generation, spec, restore);
+        if let Some(ps) = pod.spec.as_mut() {
+            ps.containers
+                .iter_mut()
+                .filter(|c| c.name == "runtime")
+                .for_each(|c| self.defaults.apply_env(c));
+        }
+        let mut cm = render::configmap(&self.owner, deploy_id, spec);
+        if spec.workers.is_some() {
+            render::keep_coordinator_pod(&mut cm, &pod);
+        }
         self.create_tolerant(&cm, "create the job ConfigMap")
             .await?;
         let svc = render::service(&self.owner);
@@ -185,14 +199,79 @@ impl KubeIo {
             )
             .await
             .map_err(api_err("apply the control Service"))?;
-        let mut pod = render::pod(&self.owner, deploy_id, spec_generation, spec, restore);
-        if let Some(ps) = pod.spec.as_mut() {
-            ps.containers
-                .iter_mut()
-                .filter(|c| c.name == "runtime")
-                .for_each(|c| self.defaults.apply_env(c));
+        if let Some(w) = &spec.workers {
+            let svc = render::workers_service(&self.owner);
+            self.api::<Service>()
+                .patch(
+                    &render::workers_service_name(&self.owner.name),
+                    &PatchParams::apply(FIELD_MANAGER).force(),
+                    &Patch::Apply(&svc),
+                )
+                .await
+                .map_err(api_err("apply the workers Service"))?;
+            // Workers first: the coordinator waits for them, they do not
+            // wait for it.
+            for i in 0..w.replicas {
+                if let Some(worker) = render::worker_pod(&pod, &self.owner, i) {
+                    self.create_tolerant(&worker, "create a worker pod").await?;
+                }
+            }
         }
         self.create_tolerant(&pod, "create the runtime pod").await
+    }
+
+    /// The worker pods of this job (all deployments).
+    pub async fn list_workers(&self) -> Result<Vec<workers::Worker>, KubeError> {
+        let lp = ListParams::default().labels(&format!(
+            "{}={}",
+            render::LABEL_WORKER_OF,
+            self.owner.name
+        ));
+        let pods = self
+            .api::<Pod>()
+            .list(&lp)
+            .await
+            .map_err(api_err("list worker pods"))?;
+        Ok(pods
+            .items
+            .into_iter()
+            .filter_map(|p| {
+                let labels = p.metadata.labels.as_ref()?;
+                Some(workers::Worker {
+                    deploy_id: labels.get(render::LABEL_DEPLOY_ID)?.parse().ok()?,
+                    index: labels.get(render::LABEL_WORKER_INDEX)?.parse().ok()?,
+                    name: p.metadata.name.clone()?,
+                })
+            })
+            .collect())
+    }
+
+    /// Creates worker pods of deployment `deploy_id` again, derived from its
+    /// coordinator pod as rendered (kept in the deployment's ConfigMap: the
+    /// pod read back from the API carries what the scheduler and admission
+    /// added, such as its node and token volume, which a new pod must not).
+    pub async fn create_workers(&self, deploy_id: u64, indices: &[u32]) -> Result<(), KubeError> {
+        let cm = self
+            .api::<ConfigMap>()
+            .get_opt(&render::configmap_name(&self.owner.name, deploy_id))
+            .await
+            .map_err(api_err("read a job ConfigMap"))?;
+        // Gone since the coordinator was listed: its workers are not needed.
+        let Some(coordinator) = cm.as_ref().and_then(render::kept_coordinator_pod) else {
+            tracing::warn!(deploy_id, "no coordinator pod to derive worker pods from");
+            return Ok(());
+        };
+        for &i in indices {
+            if let Some(worker) = render::worker_pod(&coordinator, &self.owner, i) {
+                self.create_tolerant(&worker, "create a worker pod").await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn delete_worker(&self, name: &str) -> Result<(), KubeError> {
+        self.delete_tolerant::<Pod>(name, "delete a worker pod")
+            .await
     }
 
     /// Deletes every runtime pod except `keep`, and its ConfigMap.

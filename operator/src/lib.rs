@@ -6,7 +6,8 @@
 //! - [`control`]: the runtime control-API client;
 //! - [`kubeio`]: the Kubernetes objects and calls;
 //! - [`controller`]: observe → decide → write status → act;
-//! - [`metrics`]: Prometheus metrics.
+//! - [`metrics`]: Prometheus metrics;
+//! - [`workers`]: the worker pods a distributed job needs (pure).
 
 pub mod control;
 pub mod controller;
@@ -16,3 +17,4 @@ pub mod kubeio;
 pub mod machine;
 pub mod metrics;
 pub mod render;
+pub mod workers;

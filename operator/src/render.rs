@@ -7,6 +7,12 @@
 //! StatefulSet) because only the operator may restart a job: a workload
 //! controller would restart a stopped-with-savepoint or failed runtime with
 //! its original arguments, i.e. from the wrong state. See `docs/operator.md`.
+//!
+//! With `spec.workers`, that pod runs `runnel coordinator` instead, and the
+//! deployment adds worker pods (`runnel worker`, restartPolicy `Always`: a
+//! worker holds no job state of its own, it gets everything from the
+//! coordinator, so restarting it in place is always right) found through
+//! their per-pod DNS names under a headless Service.
 
 use std::collections::BTreeMap;
 
@@ -20,13 +26,22 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
-use crate::crd::{Restore, StreamJobSpec};
+use crate::crd::{Restore, StreamJobSpec, WorkersSpec};
 
 pub const CONTROL_PORT: i32 = 8081;
 pub const LABEL_JOB: &str = "runnel.dev/job";
 pub const LABEL_DEPLOY_ID: &str = "runnel.dev/deploy-id";
 pub const LABEL_SPEC_GENERATION: &str = "runnel.dev/spec-generation";
 pub const LABEL_DISPOSE_FOR: &str = "runnel.dev/dispose-for";
+/// Worker pods carry this label instead of [`LABEL_JOB`], so that the
+/// control Service and the operator's view of the job's runtime pods (one per
+/// deployment) stay exactly what they are for a one-pod job.
+pub const LABEL_WORKER_OF: &str = "runnel.dev/worker-of";
+/// On a coordinator pod: its `spec.workers` (JSON), from which a lost worker
+/// pod is rendered again.
+pub const ANNOTATION_WORKERS: &str = "runnel.dev/workers";
+pub const LABEL_WORKER_INDEX: &str = "runnel.dev/worker-index";
+pub const WORKER_PORT: i32 = 7070;
 pub const ANNOTATION_RESTORE: &str = "runnel.dev/restore";
 pub const ANNOTATION_SAVEPOINT_PATH: &str = "runnel.dev/savepoint-path";
 pub const JOB_FILE_DIR: &str = "/etc/runnel";
@@ -88,6 +103,39 @@ pub fn service_name(job: &str) -> String {
     format!("{job}-control")
 }
 
+/// The headless Service that gives worker pods their DNS names.
+pub fn workers_service_name(job: &str) -> String {
+    format!("{job}-workers")
+}
+
+pub fn worker_pod_name(job: &str, deploy_id: u64, index: u32) -> String {
+    format!("{job}-{deploy_id}-worker-{index}")
+}
+
+/// A worker's hostname under the headless Service: short (a DNS label) and
+/// unique per deployment, so an old deployment's workers that are still
+/// terminating never answer to the new one's names.
+fn worker_hostname(deploy_id: u64, index: u32) -> String {
+    format!("d{deploy_id}-w{index}")
+}
+
+/// `--workers` of a deployment's coordinator: each worker pod's DNS name
+/// (`hostname.subdomain.namespace.svc.cluster.local`), which resolves
+/// while that pod exists, including a replacement of the same name.
+pub fn worker_addresses(owner: &Owner, deploy_id: u64, replicas: u32) -> String {
+    (0..replicas)
+        .map(|i| {
+            format!(
+                "{}.{}.{}.svc.cluster.local:{WORKER_PORT}",
+                worker_hostname(deploy_id, i),
+                workers_service_name(&owner.name),
+                owner.namespace
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// Name of the Job that disposes of `path` (stable, so starting it is idempotent).
 pub fn dispose_job_name(job: &str, path: &str) -> String {
     let h = xxhash(path.as_bytes());
@@ -144,16 +192,49 @@ pub fn configmap(owner: &Owner, deploy_id: u64, spec: &StreamJobSpec) -> ConfigM
     }
 }
 
-/// The `runnel run` arguments of a deployment.
-pub fn runtime_args(spec: &StreamJobSpec, restore: &Restore) -> Vec<String> {
-    let mut a: Vec<String> = vec![
-        "run".into(),
-        format!("{JOB_FILE_DIR}/job.yaml"),
+const COORDINATOR_POD_KEY: &str = "coordinator-pod.json";
+
+/// Keeps the coordinator pod as rendered in the deployment's ConfigMap, the
+/// template a lost worker pod is rendered from again.
+pub fn keep_coordinator_pod(cm: &mut ConfigMap, pod: &Pod) {
+    if let Ok(json) = serde_json::to_string(pod) {
+        cm.data
+            .get_or_insert_with(Default::default)
+            .insert(COORDINATOR_POD_KEY.into(), json);
+    }
+}
+
+pub fn kept_coordinator_pod(cm: &ConfigMap) -> Option<Pod> {
+    serde_json::from_str(cm.data.as_ref()?.get(COORDINATOR_POD_KEY)?).ok()
+}
+
+/// The `runnel run` (or, with workers, `runnel coordinator`) arguments of a
+/// deployment.
+pub fn runtime_args(
+    owner: &Owner,
+    deploy_id: u64,
+    spec: &StreamJobSpec,
+    restore: &Restore,
+) -> Vec<String> {
+    let mut a: Vec<String> = match &spec.workers {
+        None => vec!["run".into(), format!("{JOB_FILE_DIR}/job.yaml")],
+        Some(w) => vec![
+            "coordinator".into(),
+            format!("{JOB_FILE_DIR}/job.yaml"),
+            "--workers".into(),
+            worker_addresses(owner, deploy_id, w.replicas),
+            "--expect-workers".into(),
+            w.replicas.to_string(),
+            "--slots".into(),
+            w.slots.to_string(),
+        ],
+    };
+    a.extend([
         "--control-addr".into(),
         format!("0.0.0.0:{CONTROL_PORT}"),
         "--linger".into(),
         LINGER.into(),
-    ];
+    ]);
     match restore {
         Restore::Empty => {}
         Restore::Savepoint(p) => {
@@ -227,16 +308,23 @@ pub fn pod(
     labels.insert(LABEL_DEPLOY_ID.into(), deploy_id.to_string());
     labels.insert(LABEL_SPEC_GENERATION.into(), spec_generation.to_string());
     let mut meta = owner.meta(pod_name(&owner.name, deploy_id), labels);
-    meta.annotations = Some(BTreeMap::from([(
+    let mut annotations = BTreeMap::from([(
         ANNOTATION_RESTORE.to_string(),
         serde_json::to_string(restore).unwrap_or_default(),
-    )]));
+    )]);
+    if let Some(w) = &spec.workers {
+        annotations.insert(
+            ANNOTATION_WORKERS.to_string(),
+            serde_json::to_string(w).unwrap_or_default(),
+        );
+    }
+    meta.annotations = Some(annotations);
     let container = Container {
         name: "runtime".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: spec.image_pull_policy.clone(),
         command: Some(vec!["runnel".into()]),
-        args: Some(runtime_args(spec, restore)),
+        args: Some(runtime_args(owner, deploy_id, spec, restore)),
         ports: Some(vec![ContainerPort {
             name: Some("control".into()),
             container_port: CONTROL_PORT,
@@ -380,6 +468,102 @@ pub fn service(owner: &Owner) -> Service {
         }),
         status: None,
     }
+}
+
+/// The headless Service under which worker pods get their DNS names. It
+/// publishes pods that are not ready yet: a worker is reachable as soon as it
+/// listens, and the coordinator, not the Service, decides whether it is live.
+pub fn workers_service(owner: &Owner) -> Service {
+    let selector = BTreeMap::from([(LABEL_WORKER_OF.to_string(), owner.name.clone())]);
+    Service {
+        metadata: owner.meta(workers_service_name(&owner.name), owner.labels()),
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(selector),
+            ports: Some(vec![ServicePort {
+                name: Some("exchange".into()),
+                port: WORKER_PORT,
+                target_port: Some(IntOrString::Int(WORKER_PORT)),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    }
+}
+
+/// Worker `index` of the deployment whose coordinator pod is `coordinator`
+/// (as created, or as read back from the API). It is derived from that pod so
+/// that it runs the same image, job file, environment, credentials and pod
+/// template; only what makes it a worker differs. `None` if the pod is not a
+/// coordinator.
+pub fn worker_pod(coordinator: &Pod, owner: &Owner, index: u32) -> Option<Pod> {
+    let workers: WorkersSpec = serde_json::from_str(
+        coordinator
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(ANNOTATION_WORKERS)?,
+    )
+    .ok()?;
+    let deploy_id: u64 = coordinator
+        .metadata
+        .labels
+        .as_ref()?
+        .get(LABEL_DEPLOY_ID)?
+        .parse()
+        .ok()?;
+    let mut labels: BTreeMap<String, String> = coordinator
+        .metadata
+        .labels
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| k != LABEL_JOB)
+        .collect();
+    labels.insert(LABEL_WORKER_OF.into(), owner.name.clone());
+    labels.insert(LABEL_WORKER_INDEX.into(), index.to_string());
+    let meta = owner.meta(worker_pod_name(&owner.name, deploy_id, index), labels);
+    let mut spec = coordinator.spec.clone()?;
+    spec.restart_policy = Some("Always".into());
+    spec.hostname = Some(worker_hostname(deploy_id, index));
+    spec.subdomain = Some(workers_service_name(&owner.name));
+    let c = spec.containers.iter_mut().find(|c| c.name == "runtime")?;
+    c.args = Some(vec![
+        "worker".into(),
+        format!("{JOB_FILE_DIR}/job.yaml"),
+        "--listen".into(),
+        format!("0.0.0.0:{WORKER_PORT}"),
+        "--slots".into(),
+        workers.slots.to_string(),
+    ]);
+    c.ports = Some(vec![ContainerPort {
+        name: Some("exchange".into()),
+        container_port: WORKER_PORT,
+        ..Default::default()
+    }]);
+    // A worker serves no HTTP; the coordinator's heartbeats are its health check.
+    c.readiness_probe = None;
+    c.liveness_probe = None;
+    if workers.resources.is_some() {
+        c.resources = workers.resources.clone();
+    }
+    Some(Pod {
+        metadata: meta,
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// The worker count a coordinator pod was created with (0 for a one-pod job).
+pub fn worker_replicas(pod: &Pod) -> u32 {
+    pod.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(ANNOTATION_WORKERS))
+        .and_then(|w| serde_json::from_str::<WorkersSpec>(w).ok())
+        .map_or(0, |w| w.replicas)
 }
 
 /// A Job that deletes a savepoint's files with the runtime image
@@ -577,11 +761,104 @@ mod tests {
     fn restore_flags() {
         let s = spec();
         assert!(
-            runtime_args(&s, &Restore::LatestCheckpoint)
+            runtime_args(&owner(), 1, &s, &Restore::LatestCheckpoint)
                 .contains(&"--from-latest-checkpoint".to_string())
         );
-        let e = runtime_args(&s, &Restore::Empty);
+        let e = runtime_args(&owner(), 1, &s, &Restore::Empty);
         assert!(!e.iter().any(|a| a.starts_with("--from")));
+        assert_eq!(e[0], "run");
+    }
+
+    fn distributed() -> StreamJobSpec {
+        let mut s = spec();
+        s.workers = Some(WorkersSpec {
+            replicas: 2,
+            slots: 3,
+            resources: None,
+        });
+        s
+    }
+
+    #[test]
+    fn a_distributed_deployment_runs_a_coordinator_that_expects_its_workers() {
+        let s = distributed();
+        let a = runtime_args(&owner(), 7, &s, &Restore::LatestCheckpoint);
+        let at = |flag: &str| a[a.iter().position(|x| x == flag).unwrap() + 1].clone();
+        assert_eq!(a[0], "coordinator");
+        assert_eq!(a[1], "/etc/runnel/job.yaml");
+        assert_eq!(
+            at("--workers"),
+            "d7-w0.demo-workers.ns.svc.cluster.local:7070,\
+             d7-w1.demo-workers.ns.svc.cluster.local:7070"
+        );
+        assert_eq!(at("--expect-workers"), "2");
+        assert_eq!(at("--slots"), "3");
+        assert_eq!(at("--control-addr"), "0.0.0.0:8081");
+        assert!(a.contains(&"--from-latest-checkpoint".to_string()));
+    }
+
+    #[test]
+    fn worker_pods_are_derived_from_their_coordinator_pod() {
+        let mut s = distributed();
+        s.pod_template = Some(serde_json::json!({
+            "spec": { "containers": [{ "name": "runtime", "env": [{ "name": "X", "value": "1" }] }] }
+        }));
+        let coord = pod(&owner(), 7, 3, &s, &Restore::Empty);
+        assert_eq!(worker_replicas(&coord), 2);
+        let w = worker_pod(&coord, &owner(), 1).unwrap();
+        assert_eq!(w.metadata.name.as_deref(), Some("demo-7-worker-1"));
+        let labels = w.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels[LABEL_WORKER_OF], "demo");
+        assert_eq!(labels[LABEL_DEPLOY_ID], "7");
+        assert_eq!(labels[LABEL_WORKER_INDEX], "1");
+        assert!(
+            !labels.contains_key(LABEL_JOB),
+            "the control Service and the deployment list must not see workers"
+        );
+        let ps = w.spec.as_ref().unwrap();
+        assert_eq!(ps.restart_policy.as_deref(), Some("Always"));
+        assert_eq!(ps.hostname.as_deref(), Some("d7-w1"));
+        assert_eq!(ps.subdomain.as_deref(), Some("demo-workers"));
+        let c = &ps.containers[0];
+        assert_eq!(
+            c.args.as_deref().unwrap(),
+            [
+                "worker",
+                "/etc/runnel/job.yaml",
+                "--listen",
+                "0.0.0.0:7070",
+                "--slots",
+                "3"
+            ]
+        );
+        assert!(c.readiness_probe.is_none());
+        // Same job file volume, image and template env as the coordinator.
+        let cc = &coord.spec.as_ref().unwrap().containers[0];
+        assert_eq!(c.image, cc.image);
+        assert_eq!(c.volume_mounts, cc.volume_mounts);
+        assert_eq!(ps.volumes, coord.spec.as_ref().unwrap().volumes);
+        assert!(c.env.as_ref().unwrap().iter().any(|e| e.name == "X"));
+        // A one-pod job's pod has no workers.
+        let single = pod(&owner(), 7, 3, &spec(), &Restore::Empty);
+        assert_eq!(worker_replicas(&single), 0);
+        assert!(worker_pod(&single, &owner(), 0).is_none());
+        // The ConfigMap keeps the coordinator pod to render lost workers from.
+        let mut cm = configmap(&owner(), 7, &s);
+        keep_coordinator_pod(&mut cm, &coord);
+        assert_eq!(kept_coordinator_pod(&cm), Some(coord));
+    }
+
+    #[test]
+    fn the_workers_service_is_headless_and_selects_only_workers() {
+        let svc = workers_service(&owner());
+        let sp = svc.spec.unwrap();
+        assert_eq!(svc.metadata.name.as_deref(), Some("demo-workers"));
+        assert_eq!(sp.cluster_ip.as_deref(), Some("None"));
+        assert_eq!(sp.publish_not_ready_addresses, Some(true));
+        assert_eq!(
+            sp.selector.unwrap(),
+            BTreeMap::from([(LABEL_WORKER_OF.to_string(), "demo".to_string())])
+        );
     }
 
     #[test]

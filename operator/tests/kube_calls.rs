@@ -233,14 +233,16 @@ async fn pods_are_listed_by_label_and_deleted_with_their_configmaps() {
                     deploy_id: 1,
                     phase: PodPhase::Failed
                 },
-                ip: Some("10.0.0.1".into())
+                ip: Some("10.0.0.1".into()),
+                workers: 0,
             },
             ListedPod {
                 obs: PodObs {
                     deploy_id: 2,
                     phase: PodPhase::Running
                 },
-                ip: Some("10.0.0.2".into())
+                ip: Some("10.0.0.2".into()),
+                workers: 0,
             },
         ]
     );

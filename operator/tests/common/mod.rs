@@ -44,18 +44,15 @@ impl Drop for Runtime {
 /// Writes the ConfigMap's job file and starts `runnel` with the pod's args
 /// (control address moved to a free loopback port).
 pub fn start(dir: &str, spec: &StreamJobSpec, restore: &Restore, n: u32) -> Runtime {
-    let cm = render::configmap(
-        &render::Owner {
-            name: "t".into(),
-            namespace: "ns".into(),
-            uid: "u".into(),
-        },
-        1,
-        spec,
-    );
+    let owner = render::Owner {
+        name: "t".into(),
+        namespace: "ns".into(),
+        uid: "u".into(),
+    };
+    let cm = render::configmap(&owner, 1, spec);
     let job_file = format!("{dir}/job-{n}.yaml");
     std::fs::write(&job_file, &cm.data.unwrap()["job.yaml"]).unwrap();
-    let mut args = render::runtime_args(spec, restore);
+    let mut args = render::runtime_args(&owner, 1, spec, restore);
     args[1] = job_file;
     let i = args.iter().position(|a| a == "--control-addr").unwrap();
     args[i + 1] = "127.0.0.1:0".into();

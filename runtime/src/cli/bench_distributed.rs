@@ -192,6 +192,8 @@ fn run_distributed(a: &BenchDistributedArgs, batch: usize) -> anyhow::Result<(f6
             heartbeat_interval: Duration::from_millis(500),
             heartbeat_timeout: Duration::from_secs(10),
             deploy_timeout: Duration::from_secs(60),
+            expected_workers: addrs.len(),
+            worker_wait: Duration::from_secs(10),
         },
     )?;
     let outcome = client.wait()?;

@@ -48,6 +48,12 @@ pub struct CoordinatorArgs {
     heartbeat_timeout: Duration,
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     deploy_timeout: Duration,
+    /// Wait, before each attempt is placed, until this many workers answer
+    /// (or `--worker-wait` passes); then place it on the workers found.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    expect_workers: usize,
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    worker_wait: Duration,
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     linger: Duration,
 }
@@ -116,6 +122,8 @@ pub fn coordinator(a: CoordinatorArgs, registry: &ConnectorRegistry) -> anyhow::
         heartbeat_interval: a.heartbeat_interval,
         heartbeat_timeout: a.heartbeat_timeout,
         deploy_timeout: a.deploy_timeout,
+        expected_workers: a.expect_workers,
+        worker_wait: a.worker_wait,
     };
     let (client, _stats) =
         start_coordinator_with(&factory, restore, opts).context("the job could not start")?;

@@ -56,6 +56,14 @@ pub struct CoordinatorOptions {
     pub heartbeat_timeout: Duration,
     /// How long a worker may take to deploy (restoring state included).
     pub deploy_timeout: Duration,
+    /// Workers an attempt waits for (up to `worker_wait`) before it is placed
+    /// on fewer. Without it, a coordinator that starts a moment before its
+    /// workers (pods created together) would pack the job onto the first
+    /// worker up, and a restart after a worker loss would not wait for the
+    /// replacement Kubernetes is already starting, as Flink waits for slots.
+    pub expected_workers: usize,
+    /// How long an attempt waits for `expected_workers`.
+    pub worker_wait: Duration,
 }
 
 /// Exchange statistics the workers reported with their last heartbeat.
@@ -164,6 +172,31 @@ impl RemoteDeployer {
         })
     }
 
+    /// `connect_workers`, retried until `expected_workers` are live or
+    /// `worker_wait` has passed; then the attempt takes what it has.
+    fn connect_expected_workers(&mut self) -> Vec<Arc<Link>> {
+        let deadline = Instant::now() + self.opts.worker_wait;
+        loop {
+            let live = self.connect_workers();
+            if !keep_waiting(
+                live.len(),
+                self.opts.expected_workers,
+                Instant::now(),
+                deadline,
+            ) {
+                if live.len() < self.opts.expected_workers {
+                    tracing::warn!(
+                        live = live.len(),
+                        expected = self.opts.expected_workers,
+                        "placing the attempt on fewer workers than expected"
+                    );
+                }
+                return live;
+            }
+            std::thread::sleep(WORKER_RETRY);
+        }
+    }
+
     /// Connects every configured worker that is not connected yet; a worker
     /// that does not answer its hello in time (stopped, partitioned) is left out.
     fn connect_workers(&mut self) -> Vec<Arc<Link>> {
@@ -203,6 +236,13 @@ impl RemoteDeployer {
         live.sort_by(|a, b| a.key.cmp(&b.key));
         live
     }
+}
+
+/// Pause between connection rounds while waiting for expected workers.
+const WORKER_RETRY: Duration = Duration::from_millis(250);
+
+fn keep_waiting(live: usize, expected: usize, now: Instant, deadline: Instant) -> bool {
+    live < expected && now < deadline
 }
 
 async fn connect_link(
@@ -382,7 +422,7 @@ impl AttemptDeployer for RemoteDeployer {
             incarnation: self.incarnation,
             attempt,
         };
-        let live = self.connect_workers();
+        let live = self.connect_expected_workers();
         if live.is_empty() {
             return Err(TaskError::Internal("no worker is reachable".into()));
         }
@@ -605,6 +645,17 @@ impl Drop for RemoteDeployer {
 mod tests {
     use super::*;
     use crate::distributed::wire::WireTaskError;
+
+    #[test]
+    fn an_attempt_waits_for_expected_workers_only_until_the_deadline() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        assert!(keep_waiting(1, 2, now, later));
+        assert!(!keep_waiting(2, 2, now, later), "all expected are live");
+        assert!(!keep_waiting(3, 2, now, later));
+        assert!(!keep_waiting(1, 2, later, later), "the wait is over");
+        assert!(!keep_waiting(0, 0, now, later), "nothing expected");
+    }
 
     fn setup(epoch: Epoch) -> (Shared, Arc<Link>, crossbeam_channel::Receiver<MasterMsg>) {
         let (mtx, mrx) = unbounded();
