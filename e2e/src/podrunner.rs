@@ -7,7 +7,12 @@
 //! mount paths in the command line are rewritten to it. Each pod gets its own
 //! loopback address (127.N.x.y; Linux routes all of 127/8 to `lo`) as
 //! `status.podIP`, and a `0.0.0.0:PORT` bind address in the command line is
-//! rewritten to it: the stand-in for a pod network namespace. Phases:
+//! rewritten to it: the stand-in for a pod network namespace. A pod with
+//! `spec.hostname` and `spec.subdomain` has the DNS name
+//! `hostname.subdomain.namespace.svc.cluster.local` in Kubernetes; here that
+//! name owns a fixed address, which every pod of that name gets (a
+//! replacement included), and such names in any pod's command line are
+//! rewritten to it: the stand-in for cluster DNS. Phases:
 //! Pending → Running (process up; Ready when the readinessProbe's HTTP GET
 //! passes) → Succeeded/Failed with the exit code; restartPolicy Always and
 //! OnFailure restart the process. Deleting the pod sends SIGTERM to its
@@ -59,6 +64,9 @@ pub struct PodRunner {
     cfg: RunnerConfig,
     pods: Mutex<HashMap<String, watch::Sender<Option<Stop>>>>,
     next_ip: AtomicU32,
+    /// Pod DNS names (`hostname.subdomain.ns.svc.cluster.local`) and the
+    /// address each owns, given when the name is first seen.
+    names: Mutex<HashMap<String, String>>,
     /// Process groups of running pods, for shutdown.
     pgids: Arc<Mutex<HashMap<String, i32>>>,
 }
@@ -88,6 +96,7 @@ impl PodRunner {
             cfg,
             pods: Mutex::new(HashMap::new()),
             next_ip: AtomicU32::new(0),
+            names: Mutex::new(HashMap::new()),
             pgids: Arc::new(Mutex::new(HashMap::new())),
         })
     }
@@ -107,6 +116,18 @@ impl PodRunner {
             (n / 250) % 256,
             n % 250 + 2
         )
+    }
+
+    /// The address a pod DNS name owns.
+    fn ip_of_name(&self, fqdn: &str) -> String {
+        if let Some(ip) = lock(&self.names).get(fqdn) {
+            return ip.clone();
+        }
+        let ip = self.alloc_ip();
+        lock(&self.names)
+            .entry(fqdn.to_string())
+            .or_insert(ip)
+            .clone()
     }
 
     /// Follows the pods until the store goes away.
@@ -170,7 +191,10 @@ impl PodRunner {
         if lock(&self.pods).contains_key(&uid) || pod["spec"]["nodeName"].is_string() {
             return;
         }
-        let ip = self.alloc_ip();
+        let ip = match pod_dns_name(pod) {
+            Some(fqdn) => self.ip_of_name(&fqdn),
+            None => self.alloc_ip(),
+        };
         let (ns, name) = (namespace_of(pod).to_string(), name_of(pod).to_string());
         let node = self.cfg.node_name.clone();
         let now = meta::now_rfc3339();
@@ -237,6 +261,7 @@ impl PodRunner {
             // Prepare: env and volumes (retried while a Secret or ConfigMap is missing).
             let prepared = loop {
                 match prepare(
+                    &|n: &str| self.ip_of_name(n),
                     &self.store,
                     &pod,
                     &container,
@@ -557,12 +582,45 @@ pub fn rewrite_arg(arg: &str, mounts: &[(String, PathBuf)], ip: &str) -> String 
     a
 }
 
+/// `hostname.subdomain.namespace.svc.cluster.local` of a pod that sets both.
+fn pod_dns_name(pod: &Value) -> Option<String> {
+    let h = pod["spec"]["hostname"].as_str()?;
+    let sub = pod["spec"]["subdomain"].as_str()?;
+    Some(format!("{h}.{sub}.{}.svc.cluster.local", namespace_of(pod)))
+}
+
+/// Rewrites every pod DNS name (`a.b.c.svc.cluster.local`, three labels
+/// before the cluster suffix) in `arg` to its address. Other names, such as
+/// a Service's own name, are left alone: there is no cluster DNS here, and
+/// the process will report them as unresolvable.
+pub fn rewrite_pod_names(arg: &str, resolve: &dyn Fn(&str) -> String) -> String {
+    const SUFFIX: &str = ".svc.cluster.local";
+    let is_name_char = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.';
+    let mut out = String::with_capacity(arg.len());
+    let mut rest = arg;
+    while !rest.is_empty() {
+        let end = rest.find(|c| !is_name_char(c)).unwrap_or(rest.len());
+        let (token, tail) = rest.split_at(end);
+        match token.strip_suffix(SUFFIX) {
+            Some(head) if head.split('.').count() == 3 && !head.split('.').any(str::is_empty) => {
+                out.push_str(&resolve(token))
+            }
+            _ => out.push_str(token),
+        }
+        let sep = tail.chars().next().map_or(0, char::len_utf8);
+        out.push_str(&tail[..sep]);
+        rest = &tail[sep..];
+    }
+    out
+}
+
 fn get_obj(store: &Store, plural: &str, ns: &str, name: &str) -> Option<Value> {
     let rt = store.registry().lookup("", "v1", plural).ok()?;
     store.get(&rt, ns, name).ok()
 }
 
 fn prepare(
+    resolve: &dyn Fn(&str) -> String,
     store: &Store,
     pod: &Value,
     c: &Value,
@@ -786,7 +844,7 @@ fn prepare(
     };
     argv = argv
         .iter()
-        .map(|a| rewrite_arg(&expand(a, &env), &mounts, ip))
+        .map(|a| rewrite_pod_names(&rewrite_arg(&expand(a, &env), &mounts, ip), resolve))
         .collect();
     let probe = match &c["readinessProbe"] {
         Value::Null => None,
@@ -851,6 +909,37 @@ async fn http_probe(ip: &str, p: &Probe) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_dns_names_are_rewritten_to_their_addresses() {
+        let resolve = |n: &str| match n {
+            "d1-w0.j-workers.ns.svc.cluster.local" => "127.5.0.2".to_string(),
+            "d1-w1.j-workers.ns.svc.cluster.local" => "127.5.0.3".to_string(),
+            other => panic!("resolved {other}"),
+        };
+        assert_eq!(
+            rewrite_pod_names(
+                "d1-w0.j-workers.ns.svc.cluster.local:7070,d1-w1.j-workers.ns.svc.cluster.local:7070",
+                &resolve
+            ),
+            "127.5.0.2:7070,127.5.0.3:7070"
+        );
+        assert_eq!(
+            rewrite_pod_names("--workers=d1-w1.j-workers.ns.svc.cluster.local:1", &resolve),
+            "--workers=127.5.0.3:1"
+        );
+        // A Service name (two labels) and other words are left alone.
+        for keep in [
+            "j-workers.ns.svc.cluster.local:7070",
+            "coordinator",
+            "/etc/runnel/job.yaml",
+            "x.svc.cluster.localhost",
+            "",
+            "ü:1",
+        ] {
+            assert_eq!(rewrite_pod_names(keep, &resolve), keep);
+        }
+    }
 
     #[test]
     fn args_are_rewritten_to_the_pod() {
