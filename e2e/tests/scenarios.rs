@@ -525,3 +525,106 @@ fn a_savepoint_beyond_the_history_is_disposed_by_a_job() {
     assert_eq!(s["status"]["jobState"], "RUNNING");
     assert_eq!(deploy_id(&s), 1, "nothing redeployed");
 }
+
+/// Issue 6 on Kubernetes: `spec.workers` runs the job as a coordinator pod
+/// and worker pods found through their DNS names under a headless Service.
+/// A deleted worker pod is replaced by the operator, and the coordinator
+/// recovers the job onto it by itself (same deployment, from its last
+/// checkpoint), with the output still exactly once.
+#[test]
+fn a_distributed_job_runs_on_worker_pods_and_survives_losing_one() {
+    let _g = serial();
+    let Some(st) = Stack::start("distributed") else {
+        return;
+    };
+    // One slot per worker at parallelism 2: the job cannot run without both
+    // workers, and the keyed dedup step's input crosses between them.
+    let yaml = st
+        .streamjob(
+            "dist",
+            r#"{ "n": "n" }"#,
+            "  workers:\n    replicas: 2\n    slots: 1\n",
+        )
+        .replace(
+            "    steps:\n      - map:",
+            "    steps:\n      - dedup: { key: \"n\", ttl: 10m }\n      - map:",
+        );
+    let o = st.apply(&yaml);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let s = st.wait_sj("dist", "Running with a completed checkpoint", 120, |s| {
+        s["status"]["lifecycleState"] == "Running"
+            && s["status"]["jobState"] == "RUNNING"
+            && s["status"]["lastCheckpoint"]["path"].is_string()
+    });
+    assert_eq!(deploy_id(&s), 1);
+    let coordinator = st.pods("dist");
+    assert_eq!(coordinator.len(), 1, "one coordinator pod");
+    let args: Vec<&str> = coordinator[0]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(args[0], "coordinator", "{args:?}");
+    let ns = st.ns.clone();
+    assert!(
+        args.contains(&format!(
+            "d1-w0.dist-workers.{ns}.svc.cluster.local:7070,d1-w1.dist-workers.{ns}.svc.cluster.local:7070"
+        )
+        .as_str()),
+        "{args:?}"
+    );
+    let workers = |st: &Stack| -> Vec<Value> {
+        st.get(&["pods", "-l", "runnel.dev/worker-of=dist"])
+            .and_then(|l| l["items"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let ws = workers(&st);
+    let mut names: Vec<&str> = ws
+        .iter()
+        .filter_map(|w| w["metadata"]["name"].as_str())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["dist-1-worker-0", "dist-1-worker-1"]);
+    for w in &ws {
+        assert_eq!(w["status"]["phase"], "Running", "{w}");
+        assert_eq!(w["spec"]["subdomain"], "dist-workers");
+        assert_eq!(w["spec"]["containers"][0]["args"][0], "worker");
+    }
+    let svc = st.get(&["service", "dist-workers"]).expect("the headless Service");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+
+    // Lose a worker pod.
+    let lost_uid = ws
+        .iter()
+        .find(|w| w["metadata"]["name"] == "dist-1-worker-0")
+        .map(|w| w["metadata"]["uid"].clone())
+        .unwrap();
+    let chk = s["status"]["lastCheckpoint"]["id"].as_u64().unwrap();
+    st.kubectl_ok(&["delete", "pod", "dist-1-worker-0", "--wait=false"]);
+    st.wait_for("the operator to replace the worker pod", 60, || {
+        workers(&st)
+            .into_iter()
+            .find(|w| {
+                w["metadata"]["name"] == "dist-1-worker-0"
+                    && w["metadata"]["uid"] != lost_uid
+                    && w["status"]["phase"] == "Running"
+            })
+            .map(|_| ())
+    });
+    // The coordinator restarts the job from its last checkpoint on the
+    // replacement: checkpoints continue, and the deployment is the same.
+    let s = st.wait_sj("dist", "checkpoints after the worker loss", 120, |s| {
+        s["status"]["lastCheckpoint"]["id"].as_u64().unwrap_or(0) > chk + 2
+            && s["status"]["jobState"] == "RUNNING"
+    });
+    assert_eq!(deploy_id(&s), 1, "the operator did not redeploy");
+    st.suspend("dist");
+    st.wait_for("the worker pods to be gone after suspend", 60, || {
+        workers(&st).is_empty().then_some(())
+    });
+    if let Some(out) = st.output("dist") {
+        assert!(!out.is_empty());
+        assert_exactly_once(&out);
+    }
+}

@@ -281,9 +281,8 @@ async fn serve_coordinator(
                 let shared2 = shared.clone();
                 let tx2 = tx.clone();
                 let epoch = spec.epoch;
-                let reply = tokio::task::spawn_blocking(move || deploy(&shared2, *spec, tx2))
+                let reply = off_runtime(move || deploy(&shared2, *spec, tx2))
                     .await
-                    .map_err(|e| format!("deploy panicked: {e}"))
                     .and_then(|r| r);
                 let reply = match reply {
                     Ok(tasks) => ToCoordinator::Deployed { epoch, tasks },
@@ -301,13 +300,10 @@ async fn serve_coordinator(
                 task,
                 control,
             } => {
-                // Off the async threads: a barrier may open its storage (an S3
+                // Off the runtime: a barrier may open its storage (an S3
                 // client), which blocks. Awaited, so that order is kept.
                 let shared2 = shared.clone();
-                let _ = tokio::task::spawn_blocking(move || {
-                    deliver_control(&shared2, epoch, task, control)
-                })
-                .await;
+                let _ = off_runtime(move || deliver_control(&shared2, epoch, task, control)).await;
             }
             ToWorker::Release { epoch } => {
                 let shared2 = shared.clone();
@@ -338,6 +334,25 @@ async fn serve_coordinator(
         let _ = tokio::task::spawn_blocking(move || teardown(&shared2)).await;
     }
     result
+}
+
+/// Runs blocking work that may use checkpoint storage on a plain thread and
+/// awaits it. Not `spawn_blocking`: its threads carry the runtime's context,
+/// and S3 storage refuses to block any thread that does (it cannot tell
+/// them from executor threads), so a barrier or a restore from `s3://`
+/// failed there.
+async fn off_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("runnel-worker-io".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start a thread: {e}"))?;
+    rx.await
+        .map_err(|_| "the worker's I/O thread panicked".to_string())
 }
 
 fn deliver_control(shared: &Shared, epoch: Epoch, task: (usize, u32), control: WireControl) {
@@ -764,6 +779,20 @@ async fn serve_data(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// S3 storage blocks only on threads without a runtime context; the
+    /// worker's barrier and deploy work must run on such a thread.
+    #[tokio::test]
+    async fn off_runtime_work_has_no_runtime_context() {
+        let inside = tokio::task::spawn_blocking(|| tokio::runtime::Handle::try_current().is_ok())
+            .await
+            .unwrap();
+        assert!(inside, "spawn_blocking threads carry the context (why off_runtime exists)");
+        let off = off_runtime(|| tokio::runtime::Handle::try_current().is_ok())
+            .await
+            .unwrap();
+        assert!(!off);
+    }
     use crate::error::JobError;
 
     fn epoch(attempt: u64) -> Epoch {
