@@ -591,7 +591,9 @@ fn a_distributed_job_runs_on_worker_pods_and_survives_losing_one() {
         assert_eq!(w["spec"]["subdomain"], "dist-workers");
         assert_eq!(w["spec"]["containers"][0]["args"][0], "worker");
     }
-    let svc = st.get(&["service", "dist-workers"]).expect("the headless Service");
+    let svc = st
+        .get(&["service", "dist-workers"])
+        .expect("the headless Service");
     assert_eq!(svc["spec"]["clusterIP"], "None");
 
     // Lose a worker pod.

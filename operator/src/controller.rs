@@ -355,7 +355,7 @@ async fn sync_workers(
         .iter()
         .map(|p| workers::Coordinator {
             deploy_id: p.obs.deploy_id,
-            phase: p.obs.phase.clone(),
+            phase: p.obs.phase,
             replicas: p.workers,
         })
         .collect();

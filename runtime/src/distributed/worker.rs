@@ -787,7 +787,10 @@ mod tests {
         let inside = tokio::task::spawn_blocking(|| tokio::runtime::Handle::try_current().is_ok())
             .await
             .unwrap();
-        assert!(inside, "spawn_blocking threads carry the context (why off_runtime exists)");
+        assert!(
+            inside,
+            "spawn_blocking threads carry the context (why off_runtime exists)"
+        );
         let off = off_runtime(|| tokio::runtime::Handle::try_current().is_ok())
             .await
             .unwrap();
