@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{CountPerKey, config};
@@ -13,7 +14,10 @@ use runnel_api::{
 use runnel_runtime::control::{ControlOptions, ControlServer, serve};
 use runnel_runtime::sinks::DiscardSink;
 use runnel_runtime::sources::GeneratorSource;
-use runnel_runtime::{JobClient, JobOutcome, RestartStrategy, StreamEnv};
+use runnel_runtime::{
+    CheckpointListener, FnResult, InitContext, JobClient, JobOutcome, ProcessContext,
+    ProcessFunction, RestartStrategy, SnapshotContext, StreamEnv,
+};
 
 fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
@@ -360,4 +364,183 @@ fn metrics_parse_and_move_as_records_flow() {
     assert!(later.contains("runnel_backpressured_seconds"));
     job.cancel().unwrap();
     job.wait().unwrap();
+}
+
+/// Holds checkpoint barriers in subtask 0: its snapshot of a checkpoint
+/// beyond `released` waits, so that checkpoint stays in progress, the
+/// downstream subtasks wait for its barrier (alignment) and the sources back
+/// up.
+#[derive(Clone)]
+struct BarrierGate {
+    released: Arc<(Mutex<u64>, std::sync::Condvar)>,
+    subtask: u32,
+}
+
+impl CheckpointListener for BarrierGate {}
+
+impl ProcessFunction<u64, u64> for BarrierGate {
+    fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> FnResult {
+        self.subtask = ctx.subtask_index();
+        Ok(())
+    }
+    fn process_element(&mut self, v: u64, ctx: &mut ProcessContext<'_, u64>) -> FnResult {
+        ctx.collect(v);
+        Ok(())
+    }
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> FnResult {
+        if self.subtask == 0 {
+            let (m, cv) = &*self.released;
+            let mut g = common::lock(m);
+            while ctx.checkpoint_id() > *g {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn release_up_to(gate: &(Mutex<u64>, std::sync::Condvar), id: u64) {
+    *common::lock(&gate.0) = id;
+    gate.1.notify_all();
+}
+
+fn in_progress_held(base: &str) -> runnel_api::CheckpointInProgress {
+    wait_for(
+        "a held checkpoint in progress",
+        Duration::from_secs(30),
+        || {
+            let cps: CheckpointsResponse = parse(&get(&format!("{base}/v1/job/checkpoints")));
+            cps.in_progress
+                .into_iter()
+                .find(|c| c.acknowledged_subtasks > 0 && c.acknowledged_subtasks < c.total_subtasks)
+        },
+    )
+}
+
+#[test]
+fn status_fields_checkpoints_in_progress_and_failure_alignment_backpressure_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gate = Arc::new((Mutex::new(u64::MAX), std::sync::Condvar::new()));
+    let mut cfg = config("control-held", &tmp.path().join("chk"), 100);
+    cfg.parallelism = 2;
+    cfg.checkpoint.timeout_ms = 3_000;
+    cfg.checkpoint.tolerable_failures = 100;
+    let env = StreamEnv::new(cfg);
+    env.add_source("numbers", GeneratorSource::new(|i: u64| i).rate(20_000.0))
+        .rebalance()
+        .process(
+            "gate",
+            BarrierGate {
+                released: gate.clone(),
+                subtask: 0,
+            },
+        )
+        .rebalance()
+        .map(|v: u64| v)
+        .sink("discard", DiscardSink);
+    let before_start = now_ms();
+    let job = env.execute_async().expect("job starts");
+    let server = control(&job, None);
+    let base = server.url();
+    let st = wait_state(&base, JobState::Running);
+    assert!(
+        st.start_time_ms >= before_start - 1_000 && st.start_time_ms <= now_ms(),
+        "startTimeMs {} vs test start {before_start}",
+        st.start_time_ms
+    );
+    let scrape = || get(&format!("{base}/metrics")).body;
+    // Summed over tasks: the sources and the gate's free subtask back up.
+    let bp = |t: &str| sample(t, "runnel_backpressured_seconds_total", &[]);
+    let before = wait_for("a completed checkpoint", Duration::from_secs(30), || {
+        let t = scrape();
+        (sample(&t, "runnel_checkpoints_completed_total", &[])? >= 1.0).then_some(t)
+    });
+
+    // Hold every barrier from now on: the next checkpoint stays in progress
+    // with some subtasks acknowledged.
+    release_up_to(&gate, 0);
+    let ip = in_progress_held(&base);
+    assert!(ip.path.ends_with(&format!("chk-{}", ip.id)), "{ip:?}");
+    assert!(ip.started_ms <= now_ms() && ip.started_ms >= before_start);
+    // Release it after 700 ms (the hold's length is what is measured
+    // below, not a synchronisation); the next one is held again, so this
+    // one stays the last completed while it is compared.
+    std::thread::sleep(Duration::from_millis(700));
+    release_up_to(&gate, ip.id);
+    let done = wait_for(
+        "the held checkpoint to complete",
+        Duration::from_secs(30),
+        || {
+            let cps: CheckpointsResponse = parse(&get(&format!("{base}/v1/job/checkpoints")));
+            cps.completed.into_iter().find(|c| c.id == ip.id)
+        },
+    );
+    assert!(done.duration_ms >= 700, "{done:?}");
+    assert!(
+        done.alignment_ms >= 600,
+        "downstream subtasks waited for the held barrier: {done:?}"
+    );
+    assert!(done.alignment_ms <= done.duration_ms, "{done:?}");
+    assert!(done.completed_ms >= ip.started_ms + 700, "{done:?}");
+    let st: JobStatusResponse = parse(&get(&format!("{base}/v1/job")));
+    assert_eq!(st.last_checkpoint.as_ref(), Some(&done));
+    let t = scrape();
+    assert_eq!(
+        sample(&t, "runnel_last_checkpoint_id", &[]),
+        Some(done.id as f64)
+    );
+    let gauge = sample(&t, "runnel_last_checkpoint_alignment_seconds", &[]).unwrap();
+    assert!(
+        (gauge - done.alignment_ms as f64 / 1000.0).abs() < 0.0015,
+        "gauge {gauge} vs API {}",
+        done.alignment_ms
+    );
+    let duration = sample(&t, "runnel_last_checkpoint_duration_seconds", &[]).unwrap();
+    assert!(
+        (duration - done.duration_ms as f64 / 1000.0).abs() < 0.0015,
+        "gauge {duration} vs API {}",
+        done.duration_ms
+    );
+
+    // The next checkpoint is held past the 3 s timeout: it fails, and both
+    // the API and the metric count it; the sources were back-pressured
+    // meanwhile.
+    let failed = wait_for("a checkpoint to time out", Duration::from_secs(30), || {
+        let cps: CheckpointsResponse = parse(&get(&format!("{base}/v1/job/checkpoints")));
+        (cps.failed_count >= 1).then_some(cps)
+    });
+    let t = scrape();
+    release_up_to(&gate, u64::MAX);
+    assert!(sample(&t, "runnel_checkpoints_failed_total", &[]).unwrap() >= 1.0);
+    assert!(
+        bp(&t).unwrap() > bp(&before).unwrap_or(0.0) + 1.0,
+        "sources back-pressured while a subtask was held: {:?} -> {:?}",
+        bp(&before),
+        bp(&t)
+    );
+    // Checkpoints resume after the failure.
+    let completed = failed.completed_count;
+    wait_for(
+        "a checkpoint after the failure",
+        Duration::from_secs(30),
+        || {
+            let cps: CheckpointsResponse = parse(&get(&format!("{base}/v1/job/checkpoints")));
+            (cps.completed_count > completed).then_some(())
+        },
+    );
+    let st: JobStatusResponse = parse(&get(&format!("{base}/v1/job")));
+    assert_eq!(st.state, JobState::Running);
+    assert_eq!(
+        st.restarts, 0,
+        "a failed checkpoint within the tolerance is no restart"
+    );
+    job.cancel().unwrap();
+    job.wait().unwrap();
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
