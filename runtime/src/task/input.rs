@@ -202,8 +202,15 @@ impl<T: Data> InputTask<T> {
                 Event::End { drain } => {
                     st.ended[ch] = true;
                     st.drain &= drain;
-                    for o in st.valve.channel_ended(ch) {
-                        self.valve_out(o)?;
+                    // An input that ended for good (a bounded source, a
+                    // drained stop) no longer holds the watermark back; one
+                    // that stopped without draining keeps its last watermark,
+                    // or the end of the stop would fire every open event-time
+                    // window and timer, which the savepoint has yet to hold.
+                    if drain {
+                        for o in st.valve.channel_ended(ch) {
+                            self.valve_out(o)?;
+                        }
                     }
                     // A barrier is only needed for identification here.
                     let actions = st.aligner.on_end(ch);
