@@ -508,3 +508,97 @@ sinks:
         "every record of the gap-free sequence 0..=maxN counted exactly once"
     );
 }
+
+/// The README's walk-through as written: savepoints into `--savepoint-dir`
+/// with no target on the command line (`savepoint URL`, bare `stop
+/// --savepoint URL`); a restore that would drop an operator's state refused
+/// (exit 1, the operator named) unless `--allow-non-restored-state`; and
+/// `--help` for every command.
+#[test]
+fn default_savepoint_dir_bare_stop_allow_non_restored_state_and_help() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().display().to_string();
+    let sp_dir = format!("file://{dir}/savepoints");
+    let job = |steps: &str| {
+        let p = tmp.path().join(format!("job-{}.yaml", steps.len()));
+        std::fs::write(
+            &p,
+            format!(
+                r#"
+version: 1
+name: defaults
+parallelism: 1
+sources:
+  - name: numbers
+    generator: {{ ratePerSecond: 2000, fields: {{ n: {{ sequence: {{}} }} }} }}
+steps:
+{steps}  - map: {{ fields: {{ n: "n" }} }}
+sinks:
+  - name: out
+    file: {{ path: "{dir}/out" }}
+"#
+            ),
+        )
+        .unwrap();
+        p.display().to_string()
+    };
+    let with_dedup = job("  - name: seen\n    dedup: { key: \"n\", ttl: 1h }\n");
+    let without = job("");
+
+    let (child, url, out) = start(&[&with_dedup, "--savepoint-dir", &sp_dir]);
+    wait_running(&url);
+    wait_records(&url, 0.0, 200.0);
+    let sp1 = ok(&runnel(&["savepoint", &url]));
+    assert!(sp1.starts_with(&format!("{sp_dir}/savepoint-")), "{sp1}");
+    let sp2 = ok(&runnel(&["stop", "--savepoint", &url]));
+    assert!(sp2.starts_with(&format!("{sp_dir}/savepoint-")), "{sp2}");
+    assert_ne!(sp1, sp2);
+    finish(child, out);
+
+    // The dedup step's state has nowhere to go.
+    let refused = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["run", &without, "--from-savepoint", &sp2])
+        .args(["--control-addr", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        err.contains("operators the job no longer has") && err.contains("seen"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-non-restored-state"), "{err}");
+    let (child, url, out) = start(&[
+        &without,
+        "--from-savepoint",
+        &sp2,
+        "--allow-non-restored-state",
+    ]);
+    let s = wait_running(&url);
+    assert_eq!(s.restored_from.as_deref(), Some(sp2.as_str()));
+    ok(&runnel(&["cancel", &url]));
+    let _ = finish(child, out);
+
+    for cmd in [
+        &["run"][..],
+        &["status"],
+        &["savepoint"],
+        &["savepoint", "inspect"],
+        &["savepoint", "dispose"],
+        &["stop"],
+        &["cancel"],
+        &["checkpoints"],
+        &["inspect"],
+        &["coordinator"],
+        &["worker"],
+        &["bench"],
+        &["demo"],
+    ] {
+        let mut args = cmd.to_vec();
+        args.push("--help");
+        let o = runnel(&args);
+        let text = ok(&o);
+        assert!(text.contains("Usage: runnel"), "{cmd:?}: {text}");
+    }
+}
