@@ -479,7 +479,11 @@ where
         self.out.end(drain)
     }
     fn processing_time(&mut self, now: i64) -> Result<(), TaskError> {
-        self.fire(TimeDomain::ProcessingTime, now)?;
+        // As in Flink, a processing-time timer for `t` fires once the clock
+        // is past `t`, not at `t`: a record processed during millisecond
+        // `t` still belongs to a window ending at `t + 1`, so firing at `t`
+        // would fire that window before its last records and then again.
+        self.fire(TimeDomain::ProcessingTime, now - 1)?;
         self.out.processing_time(now)
     }
     fn next_processing_time(&self) -> Option<i64> {

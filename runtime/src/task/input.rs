@@ -68,7 +68,8 @@ impl<T: Data> TaskRunner for InputTask<T> {
             }
             if let Some(t) = self.head.next_processing_time() {
                 let now = env.clock.now_ms();
-                if t <= now {
+                // Due once the clock is past it (see `processing_time`).
+                if t < now {
                     self.head.processing_time(now)?;
                 }
             }
@@ -130,7 +131,7 @@ impl<T: Data> InputTask<T> {
     fn wait(&mut self, env: &TaskEnv, st: &mut State<T>) -> Result<(), TaskError> {
         let timeout = self.head.next_processing_time().map(|t| {
             let now = env.clock.now_ms();
-            let ms = (t - now).clamp(0, 1000) as u64;
+            let ms = (t + 1 - now).clamp(0, 1000) as u64;
             // A manual clock moves without waking us: poll it.
             Duration::from_millis(if env.clock.is_manual() { ms.min(5) } else { ms })
         });
