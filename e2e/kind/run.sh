@@ -80,6 +80,11 @@ image_args=()
 created=true
 kind create cluster --name "$CLUSTER" --config e2e/kind/kind-config.yaml \
     --kubeconfig "$KUBECONFIG_FILE" --wait 180s "${image_args[@]}"
+# The scenarios' file sinks write to this hostPath of the node (mounted by
+# their podTemplate), writable for the runtime's non-root user; the tests read
+# it back with docker exec to check exactly-once output.
+NODE=$CLUSTER-control-plane
+docker exec "$NODE" mkdir -p -m 1777 /tmp/runnel-e2e
 
 # (2) The images, built with BuildKit (cargo cache mounts) and loaded into
 # the node (no registry involved: pull policy IfNotPresent/Never finds them).
@@ -121,6 +126,7 @@ kc -n runnel-dev wait --for=condition=complete job/create-bucket job/create-topi
 step "running the scenarios against $CLUSTER (namespace $NAMESPACE)"
 echo "from the host: Kafka localhost:30092, S3 http://localhost:30500"
 RUNNEL_E2E_KUBECONFIG=$KUBECONFIG_FILE RUNNEL_E2E_NAMESPACE=$NAMESPACE \
+    RUNNEL_E2E_KIND_NODE=$NODE \
     cargo test -p runnel-e2e --test scenarios
 
 step "passed"

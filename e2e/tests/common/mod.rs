@@ -101,7 +101,17 @@ pub struct Stack {
     pub s3_base: String,
     pub bucket: String,
     pub image: String,
+    /// On a cluster: the kind node whose `NODE_OUT` the runtime pods write
+    /// their file-sink output to, and this stack's directory under it.
+    kind_node: String,
+    node_out: String,
 }
+
+/// On a kind cluster, runtime pods write file-sink output to this hostPath
+/// of the (single) node, which outlives the pods; the test reads it back with
+/// `docker exec`, so exactly-once is checked there as it is locally.
+/// `e2e/kind/run.sh` creates it, writable for the runtime's non-root user.
+const NODE_OUT: &str = "/tmp/runnel-e2e";
 
 fn env_or(k: &str, d: &str) -> String {
     std::env::var(k)
@@ -137,6 +147,8 @@ impl Stack {
                     ),
                     bucket,
                     image: env_or("RUNNEL_E2E_IMAGE", "runnel:dev"),
+                    kind_node: env_or("RUNNEL_E2E_KIND_NODE", "runnel-e2e-control-plane"),
+                    node_out: format!("e2e-{name}-{}", std::process::id()),
                     dir,
                     local: false,
                     kubectl,
@@ -182,6 +194,8 @@ impl Stack {
                     s3_base: moto.uri(&bucket, &format!("e2e-{name}")),
                     bucket,
                     image: "runnel:dev".into(),
+                    kind_node: String::new(),
+                    node_out: String::new(),
                     dir,
                     local: true,
                     kubectl,
@@ -442,6 +456,26 @@ impl Stack {
         self.dir.path().join(format!("out-{job}"))
     }
 
+    /// Where a job's file sink writes, as the runtime pod sees it: a local
+    /// directory, or on a cluster a directory of the node's hostPath.
+    fn sink_path(&self, job: &str) -> String {
+        if self.local {
+            self.out_dir(job).display().to_string()
+        } else {
+            format!("/out/{}/{job}", self.node_out)
+        }
+    }
+
+    /// On a cluster: the podTemplate that mounts the node's output hostPath.
+    fn output_volume(&self) -> String {
+        if self.local {
+            return String::new();
+        }
+        format!(
+            "  podTemplate:\n    spec:\n      volumes:\n        - name: out\n          hostPath: {{ path: {NODE_OUT}, type: Directory }}\n      containers:\n        - name: runtime\n          volumeMounts:\n            - {{ name: out, mountPath: /out }}\n"
+        )
+    }
+
     /// A StreamJob for seed 000's walk-through: a deterministic generator
     /// (record i of subtask s is n = 2i + s), checkpoints and savepoints in
     /// S3, the exactly-once file sink. `map` is the map step's fields.
@@ -462,7 +496,7 @@ spec:
   savepoints:
     directory: "{sp}"
   s3CredentialsSecret: runnel-s3
-{extra_spec}  job:
+{volume}{extra_spec}  job:
     version: 1
     name: {name}
     sources:
@@ -482,7 +516,8 @@ spec:
             image = self.image,
             chk = self.s3(&format!("{name}/checkpoints")),
             sp = self.s3(&format!("{name}/savepoints")),
-            out = self.out_dir(name).display(),
+            out = self.sink_path(name),
+            volume = self.output_volume(),
         )
     }
 
@@ -529,13 +564,31 @@ spec:
         s
     }
 
-    /// The records the file sink published (`part-*.jsonl` only).
+    /// The records the file sink published (`part-*.jsonl` only). On a
+    /// cluster they are read from the kind node's hostPath.
     pub fn output(&self, job: &str) -> Option<Vec<Value>> {
         if !self.local {
-            eprintln!(
-                "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\nNOT CHECKED on a cluster: the file sink's output is inside the pod.\nThe exactly-once count runs against the local control plane.\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n"
+            let script = format!(
+                "cd {NODE_OUT}/{}/{job} && for f in part-*.jsonl; do [ -f \"$f\" ] && cat \"$f\"; done; true",
+                self.node_out
             );
-            return None;
+            let o = Command::new("docker")
+                .args(["exec", &self.kind_node, "sh", "-c", &script])
+                .output()
+                .expect("docker runs (the kind e2e needs it)");
+            assert!(
+                o.status.success(),
+                "reading the output on node {}: {}",
+                self.kind_node,
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return Some(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_str(l).expect("a published record"))
+                    .collect(),
+            );
         }
         let mut out = vec![];
         for e in std::fs::read_dir(self.out_dir(job)).ok()?.flatten() {
