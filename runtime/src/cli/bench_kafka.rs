@@ -67,7 +67,7 @@ struct Report {
     raw_consumer_records_per_s: f64,
     job_records_per_s: f64,
     ratio: f64,
-    job_checkpoints: usize,
+    job_checkpoints: u64,
     job_transactions: u64,
     job_output_records: u64,
 }
@@ -266,7 +266,7 @@ fn run_job(
     bootstrap: &str,
     topic: &str,
     out: &str,
-) -> anyhow::Result<(f64, usize, u64, u64)> {
+) -> anyhow::Result<(f64, u64, u64, u64)> {
     let dir = std::env::temp_dir().join(format!("runnel-bench-kafka-{}", std::process::id()));
     let mut cfg = JobConfig::new("bench-kafka");
     cfg.parallelism = a.parallelism;
@@ -304,7 +304,7 @@ fn run_job(
         std::thread::sleep(Duration::from_millis(5));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let checkpoints = client.status().completed.len();
+    let checkpoints = client.status().completed_checkpoints;
     client.cancel()?;
     let _ = client.wait();
     let _ = std::fs::remove_dir_all(&dir);
