@@ -292,10 +292,19 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
     let client = env.execute_async().unwrap();
 
     // At t=1000: key 1 at 1100 (registered twice: one timer, as in Flink),
-    // key 2 at 1200, key 3 at 1300, key 4 at 1100 and 1250.
-    lock(&script).extend([(1, 100), (2, 200), (1, 100), (3, 300), (4, 100), (4, 250)]);
+    // key 2 at 1200 and 1250, key 3 at 1300, key 4 at 1100 and 1250. Keys 2
+    // and 4 each have a timer that must wait while another of theirs fires.
+    lock(&script).extend([
+        (1, 100),
+        (2, 200),
+        (1, 100),
+        (3, 300),
+        (4, 100),
+        (4, 250),
+        (2, 250),
+    ]);
     wait_until("all registrations processed", || {
-        log.processed.load(Ordering::SeqCst) == 6
+        log.processed.load(Ordering::SeqCst) == 7
     });
     assert!(lock(&log.fired).is_empty(), "a timer fired before its time");
     let got = || -> Vec<(u64, i64)> {
@@ -313,7 +322,7 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
     assert_eq!(got(), vec![fired(1, 1100), fired(2, 1200), fired(4, 1100)]);
 
     // A checkpoint whose barrier left the source after those three fired
-    // holds exactly the timers at 1250 and 1300.
+    // holds exactly the timers at 1250 (two) and 1300.
     let after = lock(&snapshots).keys().max().copied().unwrap_or(0);
     wait_until("a later checkpoint completed", || {
         lock(&log.completed).iter().any(|c| *c > after)
@@ -321,7 +330,7 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
     let restored_from = *lock(&log.completed).iter().max().unwrap();
     assert_eq!(
         lock(&snapshots)[&restored_from],
-        6,
+        7,
         "it covers every registration"
     );
 
@@ -332,12 +341,12 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
     });
     // The restored timers fire at their time, once, for their keys.
     manual.set(1_250);
-    wait_until("restored timer at 1250 fired", || {
-        lock(&log.fired).len() >= 4
+    wait_until("restored timers at 1250 fired", || {
+        lock(&log.fired).len() >= 5
     });
     manual.set(1_400);
     wait_until("restored timer at 1300 fired", || {
-        lock(&log.fired).len() >= 5
+        lock(&log.fired).len() >= 6
     });
     stop.store(true, Ordering::SeqCst);
     assert_eq!(client.wait().unwrap(), JobOutcome::Finished);
@@ -347,6 +356,7 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
         vec![
             fired(1, 1100),
             fired(2, 1200),
+            fired(2, 1250),
             fired(3, 1300),
             fired(4, 1100),
             fired(4, 1250)
@@ -357,7 +367,7 @@ fn processing_time_timers_fire_once_with_key_and_time_and_survive_restore() {
         assert_eq!(f.domain, Some(TimeDomain::ProcessingTime), "{f:?}");
         assert!(f.now >= f.timestamp, "fired early: {f:?}");
     }
-    assert_eq!(log.processed.load(Ordering::SeqCst), 6, "nothing replayed");
+    assert_eq!(log.processed.load(Ordering::SeqCst), 7, "nothing replayed");
 }
 
 // ---- checkpoint complete / aborted notifications --------------------------------
