@@ -350,3 +350,33 @@ fn commit_behind_a_dead_transaction_ends_with_its_new_init() {
     assert!(end);
     assert_eq!(again, seen);
 }
+
+/// nisshi 0.7.0 does not implement CreatePartitions: the admin call fails
+/// with `UnsupportedFeature` and the topic keeps its partitions. Because of this,
+/// `kafka_source.rs::partition_added_at_run_time_is_discovered` shows
+/// discovery with a new topic and runs its new-partition half only on brokers
+/// that can add partitions. When a broker upgrade brings the feature, this
+/// test fails: then make that half unconditional and pin the new behaviour
+/// here instead.
+#[test]
+fn create_partitions_is_unsupported() {
+    let Some(b) = broker_or_skip("create_partitions_is_unsupported") else {
+        return;
+    };
+    b.create_topic("fixed", 2);
+    let err = b
+        .add_partitions("fixed", 3)
+        .expect_err("the broker added a partition: it supports CreatePartitions now");
+    // The whole request fails (not just the topic's result): librdkafka
+    // refuses it locally because the broker does not list CreatePartitions
+    // among its API versions.
+    assert!(
+        err.contains("Admin operation error: UnsupportedFeature")
+            && err.contains("not supported by broker"),
+        "unexpected error: {err}"
+    );
+    assert_eq!(b.partitions("fixed"), 2, "the topic changed anyway");
+    // The topic still works at its old size.
+    b.produce("fixed", Some(1), &[(None, b"still-here".to_vec())]);
+    assert_eq!(values(&b, "fixed", false), strings(&["still-here"]));
+}
