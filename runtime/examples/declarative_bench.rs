@@ -151,6 +151,9 @@ fn main() {
             d.push(t);
             dc.push(c);
         }
+        if run_rust && run_decl {
+            same_output(&dir.join("rust"), &dir.join("decl"));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
     if !(run_rust && run_decl) {
@@ -178,6 +181,31 @@ fn main() {
         (rm / dm - 1.0) * 100.0,
         (dcm / rcm - 1.0) * 100.0
     );
+}
+
+/// The comparison is only fair if both variants did the same work: checks
+/// that they wrote the same window results (as sorted JSON lines; the file
+/// names and the order across files differ) and stops the bench if not.
+fn same_output(rust: &std::path::Path, decl: &std::path::Path) {
+    let lines = |dir: &std::path::Path| -> Vec<String> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir).expect("bench output directory") {
+            let path = e.expect("directory entry").path();
+            let text = std::fs::read_to_string(&path).expect("bench output file");
+            v.extend(text.lines().map(str::to_string));
+        }
+        v.sort();
+        v
+    };
+    let (r, d) = (lines(rust), lines(decl));
+    if r != d {
+        eprintln!(
+            "the variants wrote different results ({} and {} lines): not a fair comparison",
+            r.len(),
+            d.len()
+        );
+        std::process::exit(1);
+    }
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
