@@ -13,6 +13,7 @@ pub mod control;
 pub mod controller;
 pub mod crd;
 pub mod defaults;
+pub mod job_schema;
 pub mod kubeio;
 pub mod machine;
 pub mod metrics;
