@@ -126,8 +126,9 @@ pub(crate) fn job_field_schema(_: &mut schemars::SchemaGenerator) -> schemars::S
 /// Rewrites what kube's rewriters leave non-structural (pure):
 /// - `$schema` and `title` go;
 /// - `const` becomes a one-value `enum` (OpenAPI v3 has no `const`);
-/// - `additionalProperties: false` goes (pruning and strict field validation
-///   already refuse unknown fields) and `additionalProperties: true` becomes
+/// - `additionalProperties: false` goes (Kubernetes forbids it; the API
+///   server prunes unknown fields, or refuses them under strict field
+///   validation) and `additionalProperties: true` becomes
 ///   `x-kubernetes-preserve-unknown-fields`;
 /// - `default` goes, and is mentioned in the description: the API server
 ///   would otherwise write it into every stored job, freezing the defaults of
