@@ -504,7 +504,7 @@ mod tests {
     #[test]
     fn spec_job_is_checked_against_the_job_schema() {
         let mut j = job();
-        j["spec"]["job"]["steps"] = json!([{ "reduce": "x" }]);
+        j["spec"]["job"]["steps"] = json!([{ "filter": "true", "reduce": "x" }]);
         let (e, _) = validate(&mut j, &schema(), FieldValidation::Strict, false);
         assert_eq!(
             e,

@@ -103,10 +103,54 @@ fn one(path: &str, msg: &str) -> Vec<(String, String)> {
 #[test]
 fn invalid_jobs_are_refused_with_the_field_named() {
     assert_eq!(errors_of(|_| {}), vec![]);
+    let oneof_none = |p: &str| {
+        (
+            p.to_string(),
+            format!(
+                "Invalid value: \"object\": {p} in body must validate one and only one schema (oneOf). Found none valid"
+            ),
+        )
+    };
     assert_eq!(
         errors_of(|j| j["steps"][0] = json!({ "reduce": "n" })),
-        one("spec.job.steps[0].reduce", "field not declared in schema"),
-        "a step of an unknown kind"
+        vec![
+            (
+                "spec.job.steps[0].reduce".to_string(),
+                "field not declared in schema".to_string()
+            ),
+            oneof_none("spec.job.steps[0]"),
+        ],
+        "a step of an unknown kind: an unknown field, and no kind"
+    );
+    // Exactly one kind per source, step and sink.
+    assert_eq!(
+        errors_of(|j| j["steps"][0]["filter"] = json!("n > 1")),
+        one(
+            "spec.job.steps[0]",
+            "Invalid value: \"object\": spec.job.steps[0] in body must validate one and only one schema (oneOf). Found 2 valid alternatives"
+        )
+    );
+    assert_eq!(
+        errors_of(|j| j["sinks"][0] = json!({ "name": "out" })),
+        vec![oneof_none("spec.job.sinks[0]")]
+    );
+    assert_eq!(
+        errors_of(|j| j["sources"][0] = json!({ "name": "s" })),
+        vec![oneof_none("spec.job.sources[0]")]
+    );
+    assert_eq!(
+        errors_of(|j| j["steps"][0]["parallelism"] = json!(0)),
+        one(
+            "spec.job.steps[0].parallelism",
+            "Invalid value: 0: spec.job.steps[0].parallelism in body should be greater than or equal to 1"
+        )
+    );
+    assert_eq!(
+        errors_of(|j| j["maxParallelism"] = json!(40000)),
+        one(
+            "spec.job.maxParallelism",
+            "Invalid value: 40000: spec.job.maxParallelism in body should be less than or equal to 32768"
+        )
     );
     assert_eq!(
         errors_of(|j| j["parallelism"] = json!("two")),
@@ -282,6 +326,10 @@ fn kubectl_apply_refuses_an_invalid_job_and_stores_a_valid_one_as_written() {
     );
     assert!(
         stderr.contains("spec.job.steps[0].reduce: field not declared in schema"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("spec.job.steps[0] in body must validate one and only one schema (oneOf)"),
         "{stderr}"
     );
     let o = k.kubectl(&["get", "streamjob", "bad"], "");

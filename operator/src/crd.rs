@@ -63,8 +63,8 @@ pub struct StreamJobSpec {
     pub max_parallelism: Option<u32>,
     /// The declarative job (the `runnel run` file format, docs/job-spec.md).
     /// The API server checks it against the job spec's schema; the operator
-    /// then checks what a schema cannot (exactly one kind per source, step
-    /// and sink, step order, CEL) and reports it in status.
+    /// then checks what a schema cannot (fields that depend on each other,
+    /// step order, CEL) and reports it in status.
     // Kept as JSON rather than `runnel_spec::JobSpec`: a job that passes the
     // schema but fails `runnel_spec::from_value` must still be readable, so
     // that the operator can report it in status (`ValidationFailed`) instead

@@ -15,10 +15,10 @@
 //!
 //! Free-form values (`elements`, generator `constant`/`choice` values,
 //! custom operator `config`) stay `x-kubernetes-preserve-unknown-fields`.
-//! What a schema cannot say (exactly one kind per source, step and sink,
-//! the order of steps, names that must match, durations that must be
-//! positive, CEL that must compile) stays with the operator's validation,
-//! which reports it in status as before.
+//! What a schema cannot say (fields that depend on each other, the order of
+//! steps, names that must match, durations that must be positive, CEL that
+//! must compile) stays with the operator's validation, which reports it in
+//! status as before.
 
 use kube::core::schema::{OptionalEnum, OptionalIntOrString, StructuralSchemaRewriter};
 use schemars::generate::SchemaSettings;
