@@ -4,12 +4,16 @@
 //! `x-kubernetes-preserve-unknown-fields`), `required`, `enum`, `minimum`,
 //! `maximum`, `exclusiveMinimum`/`exclusiveMaximum` (booleans, OpenAPI 3.0),
 //! `minLength`, `maxLength`, `pattern`, `minItems`, `maxItems`,
-//! `minProperties`, `maxProperties`, and `x-kubernetes-validations` CEL rules
-//! (`self` only: no `oldSelf` transition rules — a rule using `oldSelf` is
-//! skipped on create and reported as unsupported on update). Unknown fields
-//! are pruned, as upstream does; with `fieldValidation=Strict` they are an
-//! error instead. Not checked: `format`, `multipleOf`, `uniqueItems`,
-//! `x-kubernetes-list-type` uniqueness, CEL cost limits.
+//! `minProperties`, `maxProperties`, the value-validation junctors `allOf`,
+//! `anyOf`, `oneOf` and `not` (as a structural schema uses them: their
+//! subschemas only constrain what the enclosing schema declares), and
+//! `x-kubernetes-validations` CEL rules (`self` only: no `oldSelf` transition
+//! rules — a rule using `oldSelf` is skipped on create and reported as
+//! unsupported on update). Unknown fields are pruned, as upstream does; with
+//! `fieldValidation=Strict` they are an error instead. Not checked: `format`,
+//! `multipleOf`, `uniqueItems`, `x-kubernetes-list-type` uniqueness, CEL cost
+//! limits; `default` is not applied. Any other keyword in a schema is
+//! refused with an error naming it, rather than silently not enforced.
 
 use serde_json::{Map, Value};
 
@@ -59,6 +63,48 @@ pub fn validate(
     (v.errors, v.warnings)
 }
 
+/// Keywords this validator enforces, or knowingly leaves alone (see the
+/// module comment); a schema using any other one is refused.
+const KNOWN_KEYWORDS: &[&str] = &[
+    "type",
+    "nullable",
+    "x-kubernetes-int-or-string",
+    "x-kubernetes-preserve-unknown-fields",
+    "enum",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "required",
+    "properties",
+    "additionalProperties",
+    "items",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "x-kubernetes-validations",
+    // Not checked or not applied (module comment):
+    "description",
+    "title",
+    "example",
+    "externalDocs",
+    "format",
+    "default",
+    "multipleOf",
+    "uniqueItems",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-map-type",
+];
+
 struct Validator {
     errors: Vec<FieldError>,
     warnings: Vec<String>,
@@ -101,6 +147,14 @@ impl Validator {
     }
 
     fn walk(&mut self, v: &mut Value, s: &Value, path: &str) {
+        if let Some(o) = s.as_object() {
+            for k in o.keys().filter(|k| !KNOWN_KEYWORDS.contains(&k.as_str())) {
+                self.err(
+                    path,
+                    format!("Internal error: the schema keyword {k:?} is not supported by runnel-kube-local"),
+                );
+            }
+        }
         if v.is_null() {
             if s["nullable"] != Value::Bool(true) {
                 self.err(
@@ -158,7 +212,75 @@ impl Validator {
             }
             _ => {}
         }
+        self.junctors(v, s, path);
         self.cel(v, s, path);
+    }
+
+    /// The errors of `v` against `sub` alone. A junctor's subschema only
+    /// adds value validations to what the enclosing schema declares, so
+    /// fields it does not name are not unknown there; `v` is not pruned.
+    fn errors_against(&self, v: &Value, sub: &Value, path: &str) -> Vec<FieldError> {
+        let mut inner = Validator {
+            errors: vec![],
+            warnings: vec![],
+            fv: FieldValidation::Ignore,
+            update: self.update,
+        };
+        inner.walk(&mut v.clone(), sub, path);
+        inner.errors
+    }
+
+    fn junctors(&mut self, v: &Value, s: &Value, path: &str) {
+        let subs = |k: &str| s[k].as_array().cloned().unwrap_or_default();
+        for sub in subs("allOf") {
+            let errs = self.errors_against(v, &sub, path);
+            self.errors.extend(errs);
+        }
+        let any_of = subs("anyOf");
+        if !any_of.is_empty()
+            && !any_of
+                .iter()
+                .any(|sub| self.errors_against(v, sub, path).is_empty())
+        {
+            self.err(
+                path,
+                format!(
+                    "Invalid value: {}: {path} in body must validate at least one schema (anyOf)",
+                    show(v)
+                ),
+            );
+        }
+        let one_of = subs("oneOf");
+        if !one_of.is_empty() {
+            let valid = one_of
+                .iter()
+                .filter(|sub| self.errors_against(v, sub, path).is_empty())
+                .count();
+            if valid != 1 {
+                let found = match valid {
+                    0 => "Found none valid".to_string(),
+                    n => format!("Found {n} valid alternatives"),
+                };
+                self.err(
+                    path,
+                    format!(
+                        "Invalid value: {}: {path} in body must validate one and only one schema (oneOf). {found}",
+                        show(v)
+                    ),
+                );
+            }
+        }
+        if let Some(not) = s.get("not")
+            && self.errors_against(v, not, path).is_empty()
+        {
+            self.err(
+                path,
+                format!(
+                    "Invalid value: {}: {path} in body must not validate the schema (not)",
+                    show(v)
+                ),
+            );
+        }
     }
 
     fn bounds(&mut self, v: &Value, s: &Value, path: &str) {
@@ -362,7 +484,11 @@ mod tests {
         json!({
             "apiVersion": "runnel.dev/v1alpha1", "kind": "StreamJob",
             "metadata": { "name": "a" },
-            "spec": { "image": "runnel:dev", "job": { "version": 1, "anything": [1] } }
+            "spec": { "image": "runnel:dev", "job": {
+                "version": 1, "name": "a",
+                "sources": [{ "name": "s", "elements": [1, { "any": ["thing"] }] }],
+                "sinks": [{ "name": "out", "stdout": {} }]
+            } }
         })
     }
 
@@ -372,10 +498,20 @@ mod tests {
         let (e, w) = validate(&mut j, &schema(), FieldValidation::Strict, false);
         assert!(e.is_empty(), "{e:?}");
         assert!(w.is_empty());
+        assert_eq!(j, job(), "nothing pruned, free-form elements kept");
+    }
+
+    #[test]
+    fn spec_job_is_checked_against_the_job_schema() {
+        let mut j = job();
+        j["spec"]["job"]["steps"] = json!([{ "filter": "true", "reduce": "x" }]);
+        let (e, _) = validate(&mut j, &schema(), FieldValidation::Strict, false);
         assert_eq!(
-            j["spec"]["job"]["anything"],
-            json!([1]),
-            "spec.job preserves unknown fields"
+            e,
+            vec![(
+                "spec.job.steps[0].reduce".to_string(),
+                "field not declared in schema".to_string()
+            )]
         );
     }
 
@@ -412,5 +548,78 @@ mod tests {
         assert!(!e.iter().any(|(f, _)| f == "spec.bogus"));
         assert_eq!(w, vec!["unknown field \"spec.bogus\"".to_string()]);
         assert!(j["spec"].get("bogus").is_none(), "pruned");
+    }
+
+    fn one_kind() -> Value {
+        json!({
+            "type": "object",
+            "properties": {
+                "o": {
+                    "type": "object",
+                    "properties": { "a": { "type": "string" }, "b": { "type": "string" } },
+                    "oneOf": [{ "required": ["a"] }, { "required": ["b"] }],
+                    "anyOf": [{ "properties": { "a": { "minLength": 2 } } }, { "required": ["b"] }],
+                    "not": { "properties": { "a": { "enum": ["xx"] } }, "required": ["a"] }
+                }
+            }
+        })
+    }
+
+    fn check(o: Value) -> Vec<FieldError> {
+        validate(
+            &mut json!({ "o": o }),
+            &one_kind(),
+            FieldValidation::Strict,
+            false,
+        )
+        .0
+    }
+
+    #[test]
+    fn junctors_constrain_the_declared_fields() {
+        assert_eq!(check(json!({ "a": "ab" })), vec![]);
+        assert_eq!(check(json!({ "b": "x" })), vec![]);
+        let msg = |m: &str| vec![("o".to_string(), m.to_string())];
+        assert_eq!(
+            check(json!({})),
+            msg(
+                "Invalid value: \"object\": o in body must validate one and only one schema (oneOf). Found none valid"
+            )
+        );
+        assert_eq!(
+            check(json!({ "a": "ab", "b": "x" })),
+            msg(
+                "Invalid value: \"object\": o in body must validate one and only one schema (oneOf). Found 2 valid alternatives"
+            )
+        );
+        assert_eq!(
+            check(json!({ "a": "a" })),
+            msg("Invalid value: \"object\": o in body must validate at least one schema (anyOf)")
+        );
+        assert_eq!(
+            check(json!({ "a": "xx" })),
+            msg("Invalid value: \"object\": o in body must not validate the schema (not)")
+        );
+        let all = json!({ "type": "object", "properties": { "o": {
+            "type": "integer", "allOf": [{ "minimum": 2 }, { "maximum": 3 }] } } });
+        let (e, _) = validate(&mut json!({ "o": 5 }), &all, FieldValidation::Strict, false);
+        assert_eq!(
+            e,
+            msg("Invalid value: 5: o in body should be less than or equal to 3")
+        );
+    }
+
+    #[test]
+    fn an_unsupported_keyword_is_an_error_not_ignored() {
+        let s = json!({ "type": "object", "properties": { "o": {
+            "type": "object", "patternProperties": { "^x": { "type": "string" } } } } });
+        let (e, _) = validate(&mut json!({ "o": {} }), &s, FieldValidation::Strict, false);
+        assert_eq!(
+            e,
+            vec![(
+                "o".to_string(),
+                "Internal error: the schema keyword \"patternProperties\" is not supported by runnel-kube-local".to_string()
+            )]
+        );
     }
 }

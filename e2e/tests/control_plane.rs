@@ -451,7 +451,7 @@ const SJ: &str = "/apis/runnel.dev/v1alpha1/namespaces/default/streamjobs";
 
 fn sj(name: &str) -> Value {
     json!({ "apiVersion": "runnel.dev/v1alpha1", "kind": "StreamJob", "metadata": { "name": name },
-            "spec": { "image": "runnel:dev", "job": { "version": 1, "name": name } },
+            "spec": { "image": "runnel:dev", "job": { "version": 1, "name": name, "sources": [], "sinks": [] } },
             "status": { "lifecycleState": "Running" } })
 }
 

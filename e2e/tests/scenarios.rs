@@ -376,8 +376,17 @@ fn invalid_specs_are_rejected_with_a_clear_message() {
             || err.contains("spec.paralelism: field not declared in schema"),
         "{err}"
     );
-    // The job spec itself (the operator validates it): status.error, an Event, no pod.
-    let o = st.apply(&st.streamjob("badjob", "42", ""));
+    // The job spec's schema, embedded in the CRD: a wrong type in spec.job.
+    let o = st.apply(&st.streamjob("badtype", "42", ""));
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("spec.job.steps[0].map.fields in body must be of type object"),
+        "{err}"
+    );
+    // What only the operator can check (CEL that does not compile):
+    // status.error, an Event, no pod.
+    let o = st.apply(&st.streamjob("badjob", r#"{ "n": "n +" }"#, ""));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let s = st.wait_sj("badjob", "status.error", 60, |s| {
         s["status"]["error"].is_string()

@@ -61,11 +61,15 @@ pub struct StreamJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_parallelism: Option<u32>,
-    /// The declarative job (the `runnel run` file format). Kept as free-form
-    /// JSON here and validated by the operator with `runnel_spec::from_value`,
-    /// so that an invalid job is reported in status (`ValidationFailed`)
-    /// instead of making the whole resource unreadable.
-    #[schemars(schema_with = "free_form_object")]
+    /// The declarative job (the `runnel run` file format, docs/job-spec.md).
+    /// The API server checks it against the job spec's schema; the operator
+    /// then checks what a schema cannot (fields that depend on each other,
+    /// step order, CEL) and reports it in status.
+    // Kept as JSON rather than `runnel_spec::JobSpec`: a job that passes the
+    // schema but fails `runnel_spec::from_value` must still be readable, so
+    // that the operator can report it in status (`ValidationFailed`) instead
+    // of failing to deserialize the whole resource.
+    #[schemars(schema_with = "crate::job_schema::job_field_schema")]
     pub job: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpointing: Option<CheckpointingSpec>,

@@ -1,7 +1,9 @@
 //! The checked-in CRD must be exactly what the Rust types generate.
 
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaProps;
 use kube::CustomResourceExt;
 use runnel_operator::crd::{StreamJob, crd_yaml};
+use runnel_operator::job_schema::{job_schema, structural_violations};
 
 #[test]
 fn checked_in_crd_matches_the_types() {
@@ -41,20 +43,38 @@ fn crd_has_short_name_status_and_printer_columns() {
     // Structural schema: no $ref anywhere (the API server rejects them).
     let yaml = crd_yaml().unwrap();
     assert!(!yaml.contains("$ref"), "{yaml}");
-    let job = &v
-        .schema
-        .as_ref()
-        .unwrap()
-        .open_api_v3_schema
-        .as_ref()
-        .unwrap()
-        .properties
-        .as_ref()
-        .unwrap()["spec"]
-        .properties
-        .as_ref()
-        .unwrap()["job"];
-    assert_eq!(job.x_kubernetes_preserve_unknown_fields, Some(true));
+}
+
+/// The whole `openAPIV3Schema` (and so `spec.job`, which embeds the job
+/// spec's schema) follows Kubernetes' structural-schema rules.
+#[test]
+fn the_crd_schema_is_structural_and_spec_job_is_the_job_schema() {
+    let v = serde_json::to_value(StreamJob::crd()).unwrap();
+    let schema = &v["spec"]["versions"][0]["schema"]["openAPIV3Schema"];
+    assert_eq!(
+        structural_violations(schema),
+        Vec::<String>::new(),
+        "not structural"
+    );
+    let job = &schema["properties"]["spec"]["properties"]["job"];
+    assert_eq!(job["type"], "object");
+    assert!(
+        job.get("x-kubernetes-preserve-unknown-fields").is_none(),
+        "spec.job is no longer free-form"
+    );
+    let mut expected = job_schema();
+    // The field's doc comment replaces the type's description.
+    expected["description"] = job["description"].clone();
+    // As the CRD's types hold it (numbers are floats there).
+    let expected: JSONSchemaProps = serde_json::from_value(expected).unwrap();
+    assert!(
+        job == &serde_json::to_value(expected).unwrap(),
+        "spec.job is not the job schema"
+    );
+    assert_eq!(
+        job["required"],
+        serde_json::json!(["name", "sinks", "sources", "version"])
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! The JSON schema of [`JobSpec`], as embedded in the StreamJob CRD.
+//! The JSON schema of [`JobSpec`]; the StreamJob CRD embeds it, made structural
+//! for Kubernetes by the operator.
 
 use crate::types::JobSpec;
 

@@ -5,7 +5,14 @@
 //! Mutually exclusive alternatives (the kind of a source, sink or step) are
 //! optional fields of one struct rather than a Rust enum: that keeps
 //! `deny_unknown_fields` working, keeps the schema structural (which Kubernetes
-//! requires), and lets validation say exactly which fields clash.
+//! requires), and lets validation say exactly which fields clash. The schema
+//! still says "exactly one" (a `oneOf` of `required`, which is structural),
+//! so the API server refuses a source, step or sink without a kind, or with
+//! two, when the job is applied (a kind written as an explicit `null`
+//! counts as set there, though serde reads it as absent).
+//!
+//! Numeric bounds (`range`) repeat validation's, for the same reason; the
+//! validation keeps them too, for `runnel run` and for the exact message.
 
 use std::collections::BTreeMap;
 
@@ -43,10 +50,12 @@ pub struct JobSpec {
     pub name: String,
     /// Default parallelism of every source and step.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub parallelism: Option<u32>,
     /// Number of key groups: the upper bound for rescaling keyed state. Fixed
     /// once state has been written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = crate::validate::MAX_MAX_PARALLELISM))]
     pub max_parallelism: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<CheckpointSpec>,
@@ -89,6 +98,7 @@ pub struct CheckpointSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_pause: Option<DurationSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub retained: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tolerable_failures: Option<u32>,
@@ -110,6 +120,7 @@ pub struct RestartSpec {
     pub max_delay: Option<DurationSpec>,
     /// failure-rate: failures allowed within `interval`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_failures: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<DurationSpec>,
@@ -129,10 +140,12 @@ pub enum RestartKind {
 /// A source. Set exactly one of `generator`, `elements` or `kafka`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{ "required": ["generator"] }, { "required": ["elements"] }, { "required": ["kafka"] }]))]
 pub struct SourceSpec {
     /// Identifies the source's state (offsets) across job versions; unique.
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub parallelism: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub generator: Option<GeneratorSpec>,
@@ -180,6 +193,7 @@ pub struct GeneratorSpec {
     pub rate_per_second: Option<f64>,
     /// Key cardinality used by `key` fields.
     #[serde(default = "default_keys")]
+    #[schemars(range(min = 1))]
     pub keys: u64,
     /// Record timestamp of record i: `startMs + i * stepMs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -513,12 +527,14 @@ impl JobSpec {
 /// `dedup` or `operator`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema, Default)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{ "required": ["filter"] }, { "required": ["map"] }, { "required": ["keyBy"] }, { "required": ["flatMap"] }, { "required": ["window"] }, { "required": ["dedup"] }, { "required": ["operator"] }]))]
 pub struct StepSpec {
     /// Identifies the step's state across job versions. Defaults to
     /// `<kind>-<index>`; set it on stateful steps you may reorder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub parallelism: Option<u32>,
     /// CEL predicate: records for which it is false are dropped.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -601,6 +617,7 @@ pub struct WindowSpec {
     pub gap: Option<DurationSpec>,
     /// count: records per window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub count: Option<u64>,
     #[serde(default)]
     pub time: TimeKind,
@@ -708,6 +725,7 @@ pub struct CustomOperatorSpec {
 /// job's parallelism.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[schemars(extend("oneOf" = [{ "required": ["stdout"] }, { "required": ["file"] }, { "required": ["kafka"] }]))]
 pub struct SinkSpec {
     /// Identifies the sink's state; unique.
     pub name: String,

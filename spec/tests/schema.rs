@@ -1,6 +1,8 @@
-//! The generated JSON schema: checked in (the CRD embeds it), valid JSON
-//! Schema, and it accepts and rejects the same documents as the Rust types
-//! where a schema can tell.
+//! The generated JSON schema: checked in, valid JSON Schema, and it accepts
+//! and rejects the same documents as the Rust types where a schema can tell.
+//! The StreamJob CRD embeds the same types' schema for `spec.job`, made
+//! structural by the operator (`operator/src/job_schema.rs`, tested there
+//! and in `e2e/tests/crd_schema.rs`).
 
 use runnel_spec::{job_schema, job_schema_json};
 
