@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::checkpoint::format::KeyGroupData;
 use crate::config::JobConfig;
 use crate::error::{JobError, TaskError};
 use crate::event::{Batch, StreamRecord};
@@ -796,15 +797,26 @@ where
     fn build(&self, out: Box<dyn Any>, ctx: BuildCtx<'_>) -> Result<Box<dyn Any>, TaskError> {
         let out = downcast::<Out<O>>(out, "keyed process output")?;
         let restored = ctx.restored.is_some();
-        let r = ctx.restored.unwrap_or_default();
+        let mut r = ctx.restored.unwrap_or_default();
         let maxp = ctx.config.max_parallelism;
         let range = crate::keygroup::range_for_subtask(maxp, ctx.parallelism, ctx.subtask);
+        // The timers go to the timer service and the tables move into the
+        // backend: copying the tables for it held all keyed state twice.
+        let timer_groups: Vec<KeyGroupData> = r
+            .key_groups
+            .iter_mut()
+            .map(|g| KeyGroupData {
+                key_group: g.key_group,
+                tables: Vec::new(),
+                timers: std::mem::take(&mut g.timers),
+            })
+            .collect();
         let backend = KeyedBackend::<K>::new(
             ctx.uid,
             ctx.config.clock.clone(),
             maxp,
             range,
-            r.key_groups.clone(),
+            r.key_groups,
             r.keyed_metas,
         );
         let op: Out<T> = Box::new(KeyedProcessOp::open(
@@ -814,7 +826,7 @@ where
             self.key_fn.clone(),
             backend,
             OperatorStateStore::new(ctx.uid, r.operator_states),
-            &r.key_groups,
+            &timer_groups,
             restored,
             ctx.subtask,
             ctx.parallelism,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde_bytes::ByteBuf;
 
-use super::format::{OperatorListData, Redistribution, SubtaskState};
+use super::format::{KeyGroupData, OperatorListData, Redistribution, SubtaskState};
 use crate::keygroup::range_for_subtask;
 use crate::task::Restored;
 
@@ -30,8 +30,13 @@ pub(crate) enum InFlightAssignment {
     EvenSplit,
 }
 
+/// Key groups are moved out of `old`, not copied: each belongs to exactly one
+/// new subtask, and a restore used to hold every byte of keyed state twice
+/// (the loaded snapshot and each subtask's deep copy) for as long as the
+/// attempt ran. Operator lists and in-flight records, which several subtasks
+/// may receive, are cloned.
 pub(crate) fn assign(
-    old: &[(u32, SubtaskState)],
+    old: &mut [(u32, SubtaskState)],
     old_parallelism: u32,
     keyed_metas: &[crate::checkpoint::format::KeyedStateMeta],
     new_parallelism: u32,
@@ -39,8 +44,8 @@ pub(crate) fn assign(
     max_parallelism: u32,
     keyed_input: bool,
 ) -> (Restored, InFlightAssignment) {
-    let mut sorted: Vec<&(u32, SubtaskState)> = old.iter().collect();
-    sorted.sort_by_key(|(i, _)| *i);
+    let mut sorted: Vec<&mut (u32, SubtaskState)> = old.iter_mut().collect();
+    sorted.sort_by_key(|e| e.0);
 
     // Operator list state: concatenate in old subtask order, then split or union.
     let mut lists: BTreeMap<String, (Redistribution, Vec<ByteBuf>)> = BTreeMap::new();
@@ -70,12 +75,13 @@ pub(crate) fn assign(
     // Keyed state and timers: the key groups this subtask now owns.
     let range = range_for_subtask(max_parallelism, new_parallelism, subtask);
     let mut key_groups = Vec::new();
-    for (_, s) in &sorted {
-        for g in &s.key_groups {
-            if range.contains(g.key_group) {
-                key_groups.push(g.clone());
-            }
-        }
+    for e in &mut sorted {
+        let (mine, rest): (Vec<KeyGroupData>, Vec<KeyGroupData>) =
+            std::mem::take(&mut e.1.key_groups)
+                .into_iter()
+                .partition(|g| range.contains(g.key_group));
+        e.1.key_groups = rest;
+        key_groups.extend(mine);
     }
     key_groups.sort_by_key(|g| g.key_group);
 
@@ -115,7 +121,7 @@ pub(crate) fn assign(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::format::{KeyGroupData, OperatorListData};
+    use crate::checkpoint::format::OperatorListData;
 
     fn old_state(p: u32, maxp: u32, items_per_subtask: usize) -> Vec<(u32, SubtaskState)> {
         (0..p)
@@ -158,12 +164,12 @@ mod tests {
         for old_p in 1..=6u32 {
             for new_p in 1..=6u32 {
                 for items in [0usize, 1, 5] {
-                    let old = old_state(old_p, maxp, items);
+                    let mut old = old_state(old_p, maxp, items);
                     let mut kgs = Vec::new();
                     let mut even = Vec::new();
                     let mut in_flight = 0;
                     for s in 0..new_p {
-                        let (r, how) = assign(&old, old_p, &[], new_p, s, maxp, false);
+                        let (r, how) = assign(&mut old, old_p, &[], new_p, s, maxp, false);
                         let range = range_for_subtask(maxp, new_p, s);
                         assert!(r.key_groups.iter().all(|g| range.contains(g.key_group)));
                         kgs.extend(r.key_groups.iter().map(|g| g.key_group));
@@ -185,6 +191,10 @@ mod tests {
                     }
                     kgs.sort();
                     assert_eq!(kgs, (0..maxp).collect::<Vec<_>>());
+                    assert!(
+                        old.iter().all(|(_, s)| s.key_groups.is_empty()),
+                        "key groups are moved to their subtask, not copied"
+                    );
                     assert_eq!(even.len(), old_p as usize * items);
                     even.sort();
                     even.dedup();

@@ -5,8 +5,13 @@
 //! The checkpoint side uses the runtime's own code paths: state files are
 //! encoded and streamed with `format::write_state_file` into the storage's
 //! object writer (what the uploader thread does), `_metadata` is committed with
-//! a conditional create, and the restore is `checkpoint::load_snapshot` (stream,
-//! checksum and decode every state file, a few files at a time).
+//! a conditional create, and the restore is what a job does before its tasks
+//! start: `checkpoint::load_snapshot` (stream, checksum and decode every state
+//! file, a few files at a time), then the key groups handed to each subtask
+//! (`redistribute::assign`, parallelism unchanged). It stops there: turning
+//! the restored bytes into typed entries happens per state on each task
+//! thread as the job registers its states, and depends on the job's types.
+//! Dropping the restored state is not timed.
 //!
 //! The plain side writes and reads the same byte count through the same
 //! client, `ObjectWriter` and reader without encoding, under the same
@@ -136,9 +141,16 @@ fn start_moto() -> anyhow::Result<(LocalS3, String)> {
     ))
 }
 
+/// Key groups per state file.
+const KEY_GROUPS: u64 = 32;
+
+/// Max parallelism of the bench job: enough key groups for every file's own.
+fn max_parallelism(files: usize) -> u32 {
+    (files as u32 * KEY_GROUPS as u32).max(128)
+}
+
 /// One subtask's keyed state: `entries` entries spread over key groups.
 fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> SubtaskState {
-    const KEY_GROUPS: u64 = 32;
     let per_group = entries.div_ceil(KEY_GROUPS);
     let mut key_groups = Vec::new();
     let mut made = 0u64;
@@ -214,7 +226,7 @@ fn checkpoint_upload(
         checkpoint_id: 1,
         job_name: "bench-s3".into(),
         created_ms: 0,
-        max_parallelism: 128,
+        max_parallelism: max_parallelism(states.len()),
         operators: vec![OperatorMeta {
             uid: "bench".into(),
             parallelism: states.len() as u32,
@@ -284,6 +296,22 @@ fn plain_download(st: &dyn CheckpointStorage, dir: &str, files: &[String]) -> an
     })
 }
 
+/// What a job does with a snapshot before its tasks start: load it, then hand
+/// each subtask its key groups (as `executor::deploy` does).
+fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
+    let mut snap = checkpoint::load_snapshot(uri)?;
+    let op = &snap.metadata.operators[0];
+    let (uid, p, metas) = (op.uid.clone(), op.parallelism, op.keyed_states.clone());
+    let max_p = snap.metadata.max_parallelism;
+    let old = snap
+        .states
+        .get_mut(&uid)
+        .ok_or_else(|| anyhow::anyhow!("the snapshot has no state for {uid}"))?;
+    Ok((0..p)
+        .map(|s| checkpoint::redistribute::assign(old, p, &metas, p, s, max_p, true).0)
+        .collect())
+}
+
 /// Time of `f` in seconds.
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
     let t = Instant::now();
@@ -342,13 +370,11 @@ fn one_round(
         if (step == 0) != plain_first {
             // What a job does at start.
             eprintln!("round {round}: restore...");
-            let (s, snap) = timed(|| Ok(checkpoint::load_snapshot(&uri_of(&dir))?))?;
+            let (s, restored) = timed(|| restore(&uri_of(&dir)))?;
             restore_s = s;
-            let restored: u64 = snap
-                .states
-                .values()
-                .flatten()
-                .flat_map(|(_, s)| s.key_groups.iter())
+            let restored: u64 = restored
+                .iter()
+                .flat_map(|r| r.key_groups.iter())
                 .map(|k| k.tables[0].entries.len() as u64)
                 .sum();
             if restored != total_entries {

@@ -493,7 +493,7 @@ fn deploy(
             spec.task_names
         ));
     }
-    let snap = match &spec.restore {
+    let mut snap = match &spec.restore {
         Some(uri) => Some(crate::checkpoint::load_snapshot(uri).map_err(|e| e.to_string())?),
         None => None,
     };
@@ -508,7 +508,7 @@ fn deploy(
         &graph,
         &cfg,
         attempt,
-        snap.as_ref(),
+        snap.as_mut(),
         &mtx,
         &up_tx,
         &metrics,

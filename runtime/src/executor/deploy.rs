@@ -92,7 +92,7 @@ pub(crate) fn deploy(
     graph: &JobGraph,
     cfg: &JobConfig,
     attempt: u64,
-    snap: Option<&LoadedSnapshot>,
+    snap: Option<&mut LoadedSnapshot>,
     master: &Sender<MasterMsg>,
     uploader: &Sender<UploadJob>,
     metrics: &Arc<JobMetrics>,
@@ -107,7 +107,7 @@ pub(crate) fn deploy_placed(
     graph: &JobGraph,
     cfg: &JobConfig,
     attempt: u64,
-    snap: Option<&LoadedSnapshot>,
+    mut snap: Option<&mut LoadedSnapshot>,
     master: &Sender<MasterMsg>,
     uploader: &Sender<UploadJob>,
     metrics: &Arc<JobMetrics>,
@@ -265,14 +265,15 @@ pub(crate) fn deploy_placed(
                 let out = node
                     .out_ops
                     .counted(out, metrics.records_out(&node.uid, s))?;
-                let restored = restored_for(snap, &node.uid, par[m], s, cfg, node.keyed).map(
-                    |(mut r, how)| {
-                        if m == head {
-                            head_in_flight = Some((std::mem::take(&mut r.in_flight), how));
-                        }
-                        r
-                    },
-                );
+                let restored =
+                    restored_for(snap.as_deref_mut(), &node.uid, par[m], s, cfg, node.keyed).map(
+                        |(mut r, how)| {
+                            if m == head {
+                                head_in_flight = Some((std::mem::take(&mut r.in_flight), how));
+                            }
+                            r
+                        },
+                    );
                 let ctx = BuildCtx {
                     uid: &node.uid,
                     subtask: s,
@@ -390,8 +391,9 @@ pub(crate) fn deploy_placed(
     })
 }
 
+/// Takes the subtask's key groups out of `snap` (see [`assign`]).
 fn restored_for(
-    snap: Option<&LoadedSnapshot>,
+    snap: Option<&mut LoadedSnapshot>,
     uid: &str,
     p: u32,
     s: u32,
@@ -400,7 +402,11 @@ fn restored_for(
 ) -> Option<(Restored, InFlightAssignment)> {
     let snap = snap?;
     let meta = snap.metadata.operators.iter().find(|o| o.uid == uid)?;
-    let old = snap.states.get(uid).map(|v| v.as_slice()).unwrap_or(&[]);
+    let old = snap
+        .states
+        .get_mut(uid)
+        .map(|v| v.as_mut_slice())
+        .unwrap_or(&mut []);
     Some(assign(
         old,
         meta.parallelism,

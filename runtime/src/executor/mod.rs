@@ -299,9 +299,10 @@ pub(crate) fn start_with(
                 checkpoint::load_snapshot(&r.path)?
             };
             validate_restore(&graph, &config, &snap, r.allow_non_restored_state)?;
-            Some(snap.uri)
+            Some(snap)
         }
     };
+    let initial_restore = initial.as_ref().map(|s| s.uri.clone());
     let metrics = graph.metrics.clone();
     let mut master = Master {
         deployer,
@@ -312,7 +313,8 @@ pub(crate) fn start_with(
         tx: tx.clone(),
         status: status.clone(),
         checkpoint_storage,
-        initial_restore: initial,
+        initial_restore,
+        initial_snapshot: initial,
         next_id: 1,
         completed: Vec::new(),
         clock_base: Instant::now(),
@@ -367,6 +369,10 @@ struct Master {
     status: Arc<Mutex<JobStatus>>,
     checkpoint_storage: Option<Arc<dyn CheckpointStorage>>,
     initial_restore: Option<String>,
+    /// The snapshot loaded to validate the restore, kept for the first
+    /// attempt: loading it again would double the restore time (and, with
+    /// both in memory at once, its footprint).
+    initial_snapshot: Option<LoadedSnapshot>,
     next_id: u64,
     /// Completed snapshots usable for recovery, oldest first.
     completed: Vec<CompletedCheckpoint>,
@@ -424,8 +430,13 @@ impl Master {
         loop {
             attempt += 1;
             let restore = self.pick_restore();
-            let snap = match &restore {
+            let kept = self
+                .initial_snapshot
+                .take()
+                .filter(|s| restore.as_deref() == Some(s.uri.as_str()));
+            let mut snap = match &restore {
                 None => None,
+                Some(_) if kept.is_some() => kept,
                 Some(uri) => match checkpoint::load_snapshot(uri) {
                     Ok(s) => Some(s),
                     Err(e) => {
@@ -445,7 +456,7 @@ impl Master {
                 s.restored_from.push(restore.clone());
             });
             self.metrics.running.set(1);
-            let end = self.run_attempt(attempt, snap.as_ref());
+            let end = self.run_attempt(attempt, snap.as_mut());
             self.metrics.running.set(0);
             self.set_status(|s| s.in_progress.clear());
             drop(snap);
@@ -555,7 +566,7 @@ impl Master {
         }
     }
 
-    fn run_attempt(&mut self, attempt: u64, snap: Option<&LoadedSnapshot>) -> AttemptEnd {
+    fn run_attempt(&mut self, attempt: u64, snap: Option<&mut LoadedSnapshot>) -> AttemptEnd {
         let (up_tx, up_rx) = unbounded::<UploadJob>();
         let uploader = match spawn_uploader(up_rx, self.tx.clone()) {
             Ok(j) => j,
