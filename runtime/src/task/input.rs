@@ -10,7 +10,7 @@ use super::aligner::{Action, AlignMode, BarrierAligner};
 use super::chain::{Notification, OperatorSnapshot, Out};
 use super::{Control, TaskEnv, TaskRunner};
 use crate::error::TaskError;
-use crate::event::{Barrier, Batch, Event, StreamRecord};
+use crate::event::{Barrier, Batch, Event, SnapshotKind, StreamRecord};
 use crate::functions::Data;
 use crate::valve::{ValveOutput, WatermarkValve};
 
@@ -34,6 +34,22 @@ struct State<T> {
     last_barrier: Option<Barrier>,
     /// When the first barrier of the checkpoint being aligned arrived.
     align_start: Option<(u64, Instant)>,
+    /// A stop-with-savepoint this task snapshotted and whose outcome it has
+    /// not been told yet.
+    pending_stop: Option<u64>,
+}
+
+impl<T> State<T> {
+    /// Follows the outcome of a pending stop-with-savepoint.
+    fn note(&mut self, c: &Control) {
+        if let (Some(id), Control::Notify(n)) = (self.pending_stop, c) {
+            match n {
+                Notification::Complete(c) if *c >= id => self.pending_stop = None,
+                Notification::Aborted(a) if *a == id => self.pending_stop = None,
+                _ => {}
+            }
+        }
+    }
 }
 
 impl<T: Data> TaskRunner for InputTask<T> {
@@ -51,6 +67,7 @@ impl<T: Data> TaskRunner for InputTask<T> {
             drain: true,
             last_barrier: None,
             align_start: None,
+            pending_stop: None,
         };
         // Records persisted in flight by an unaligned checkpoint come first.
         for r in std::mem::take(&mut self.restored_in_flight) {
@@ -61,7 +78,10 @@ impl<T: Data> TaskRunner for InputTask<T> {
         loop {
             loop {
                 match env.control.try_recv() {
-                    Ok(c) => self.control(env, c)?,
+                    Ok(c) => {
+                        st.note(&c);
+                        self.control(env, c)?
+                    }
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return Err(TaskError::Cancelled),
                 }
@@ -74,6 +94,18 @@ impl<T: Data> TaskRunner for InputTask<T> {
                 }
             }
             if st.ended.iter().all(|e| *e) && st.bufs.iter().all(|b| b.as_slice().is_empty()) {
+                // The inputs end after a stop-with-savepoint completed, but
+                // the notification that it did may still be on its way (on
+                // another connection, from a coordinator on another machine).
+                // Ending first would leave this task's sinks without their
+                // commit: the stopped job's last output would wait for a
+                // restore. Flink's tasks, too, finish only after the final
+                // checkpoint's notification.
+                while st.pending_stop.is_some() {
+                    let c = env.control.recv().map_err(|_| TaskError::Cancelled)?;
+                    st.note(&c);
+                    self.control(env, c)?;
+                }
                 self.head.end(st.drain)?;
                 self.head.flush()?;
                 return Ok(());
@@ -153,6 +185,7 @@ impl<T: Data> InputTask<T> {
         let idx = op.index();
         if idx == ctrl {
             let c = op.recv(&env.control).map_err(|_| TaskError::Cancelled)?;
+            st.note(&c);
             return self.control(env, c);
         }
         let ch = map
@@ -255,6 +288,9 @@ impl<T: Data> InputTask<T> {
             }
             Action::Snapshot { id, record } => {
                 env.fault_before_snapshot(id)?;
+                if matches!(b.kind, SnapshotKind::StopSavepoint { .. }) {
+                    st.pending_stop = Some(id);
+                }
                 let mut snaps = Vec::new();
                 let alignment_ms = match st.align_start {
                     Some((aid, t)) if aid == id => t.elapsed().as_millis() as u64,
