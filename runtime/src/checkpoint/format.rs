@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use xxhash_rust::xxh64::Xxh64;
 
-use super::body_input::BodyInput;
+use super::body_input::{BodyInput, Checked};
 use crate::error::SnapshotError;
 use crate::keygroup::KeyGroupRange;
 
@@ -278,10 +278,16 @@ pub fn read_state_file(
             "unsupported state file version {version} (this runtime reads {STATE_FILE_VERSION})"
         )));
     }
-    let mut whole = Xxh64::new(0);
-    whole.update(&header);
+    let hash = match expected_checksum {
+        Some(_) => {
+            let mut whole = Xxh64::new(0);
+            whole.update(&header);
+            Checked::Whole(whole)
+        }
+        None => Checked::Body(Xxh64::new(0)),
+    };
     let body_len = size - HEADER_LEN - TRAILER_LEN;
-    let mut de = postcard::Deserializer::from_flavor(BodyInput::new(input, body_len, whole));
+    let mut de = postcard::Deserializer::from_flavor(BodyInput::new(input, body_len, hash));
     let decoded = SubtaskState::deserialize(&mut de);
     let end = de
         .finalize()
@@ -292,7 +298,6 @@ pub fn read_state_file(
     if let Some(e) = end.error {
         return Err(read_err(e));
     }
-    let mut whole = end.whole;
     let mut tail = [0u8; TRAILER_LEN as usize];
     let tail_ok = end.unread == 0 && read_full(input, &mut tail).map_err(read_err)?;
     let mut extra = [0u8; 1];
@@ -303,19 +308,25 @@ pub fn read_state_file(
             HEADER_LEN + body_len - end.unread
         )));
     }
-    whole.update(&tail);
-    let whole_sum = format!("{:016x}", whole.digest());
-    if let Some(expected) = expected_checksum
-        && expected != whole_sum
-    {
-        return Err(corrupt("checksum does not match _metadata".into()));
-    }
+    // The whole-file checksum covers the trailer: a match proves the body
+    // checksum in it right as well, so only one of the two is computed.
+    let body_digest = match end.hash {
+        Checked::Whole(mut whole) => {
+            whole.update(&tail);
+            let whole_sum = format!("{:016x}", whole.digest());
+            if expected_checksum != Some(whole_sum.as_str()) {
+                return Err(corrupt("checksum does not match _metadata".into()));
+            }
+            None
+        }
+        Checked::Body(body) => Some(body.digest()),
+    };
     if longer {
         return Err(corrupt(format!(
             "longer than the {size} bytes _metadata records (truncated or replaced)"
         )));
     }
-    if end.body_digest != u64::from_le_bytes(tail) {
+    if body_digest.is_some_and(|d| d != u64::from_le_bytes(tail)) {
         return Err(corrupt(
             "checksum mismatch (the file is truncated or corrupt)".into(),
         ));
@@ -543,6 +554,16 @@ mod tests {
                 let mut b = bytes.clone();
                 b[i] ^= 1 << bit;
                 assert!(decode_state_file("f", &b).is_err(), "flip at {i}:{bit}");
+                // With the checksum of `_metadata`, only the whole-file
+                // checksum is computed: it alone must catch every flip,
+                // in the trailer too.
+                let mut r = &b[..];
+                let err = read_state_file("f", &mut r, b.len() as u64, Some(&checksum_hex(&bytes)))
+                    .unwrap_err();
+                assert!(
+                    matches!(err, SnapshotError::CorruptStateFile { .. }),
+                    "flip at {i}:{bit}: {err:?}"
+                );
             }
         }
     }
