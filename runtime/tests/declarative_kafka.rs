@@ -22,7 +22,7 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn registry() -> ConnectorRegistry {
-    ConnectorRegistry::new().with_kafka(DeclarativeKafka)
+    ConnectorRegistry::new().with_kafka(DeclarativeKafka::default())
 }
 
 fn json(bytes: &[u8]) -> serde_json::Value {

@@ -238,6 +238,50 @@ fn killed_producers_open_transaction_and_new_init() {
     assert_eq!(values(&b, "killed", false), all);
 }
 
+/// A live producer whose transactional id was initialised again by another
+/// producer (a stalled worker that resumes after its replacement took over)
+/// cannot commit. Apache Kafka answers its `EndTxn` with `PRODUCER_FENCED`
+/// and librdkafka fails at once. nisshi 0.7.0 turns that answer into a
+/// dropped connection (`txn_end` returns the error as a service failure,
+/// `nisshi-storage` `service/txn/end.rs`), so librdkafka reconnects and
+/// retries until the commit's own timeout: the stale commit fails late, but
+/// it fails, and nothing is added to the log. The distributed stale-worker
+/// test relies on exactly that.
+#[test]
+fn a_fenced_producer_cannot_commit() {
+    let Some(b) = broker_or_skip("a_fenced_producer_cannot_commit") else {
+        return;
+    };
+    b.create_topic("fenced", 1);
+    let stale = txn_producer(&b, "conf-fenced");
+    stale.begin_transaction().unwrap();
+    send(&stale, "fenced", "stale-0");
+    stale.flush(Duration::from_secs(30)).unwrap();
+    let fresh = txn_producer(&b, "conf-fenced");
+    // The new init ended the stale transaction (nisshi: as if committed).
+    let visible = strings(&["stale-0"]);
+    assert_eq!(values(&b, "fenced", true), visible);
+    let err = stale
+        .commit_transaction(Duration::from_secs(5))
+        .expect_err("a fenced producer's commit must fail");
+    let msg = err.to_string().to_lowercase();
+    // nisshi: a timeout after reconnecting and retrying. Apache Kafka would
+    // report the fencing ("fenced" in the message) instead.
+    assert!(
+        msg.contains("timed out") || msg.contains("fenced"),
+        "unexpected error: {msg}"
+    );
+    assert!(msg.contains("timed out"), "nisshi 0.7.0 changed: {msg}");
+    // Nothing changed in the log, and the new producer commits normally.
+    assert_eq!(values(&b, "fenced", false), visible);
+    fresh.begin_transaction().unwrap();
+    send(&fresh, "fenced", "fresh-0");
+    fresh.commit_transaction(Duration::from_secs(30)).unwrap();
+    let mut all = visible.clone();
+    all.push("fresh-0".into());
+    assert_eq!(values(&b, "fenced", true), all);
+}
+
 /// Reads `topic` partition 0 from the beginning and returns what it read and
 /// whether it reached end-of-partition at the log end within `wait`.
 fn read_until(b: &Broker, topic: &str, committed: bool, wait: Duration) -> (Vec<String>, bool) {

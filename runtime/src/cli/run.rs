@@ -45,7 +45,7 @@ pub struct RunArgs {
 pub fn registry() -> ConnectorRegistry {
     let r = ConnectorRegistry::new();
     #[cfg(feature = "kafka")]
-    let r = r.with_kafka(crate::kafka::DeclarativeKafka);
+    let r = r.with_kafka(crate::kafka::DeclarativeKafka::default());
     r
 }
 

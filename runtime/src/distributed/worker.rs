@@ -635,16 +635,26 @@ fn deploy(
     std::thread::Builder::new()
         .name("relay".into())
         .spawn(move || {
+            let mut connected = true;
             for m in mrx {
+                // Logged here as well: once this attempt is torn down (or cut
+                // off from its coordinator), a task that still ends, such as
+                // one abandoned in a blocking call, has nobody else to tell.
+                if let MasterMsg::TaskExited { result: Err(e), .. } = &m {
+                    tracing::warn!(%epoch, error = %e, "a task failed");
+                }
                 let Some(msg) = to_wire(m, attempt) else {
                     stats.fenced_messages.fetch_add(1, Ordering::Relaxed);
                     continue;
                 };
+                if !connected {
+                    continue;
+                }
                 match encode_msg(&ToCoordinator::Task { epoch, msg }) {
                     Ok(b) => {
-                        if coordinator.send(b).is_err() {
-                            return;
-                        }
+                        // The coordinator is gone: keep draining, so that
+                        // the failures above are still logged.
+                        connected = coordinator.send(b).is_ok();
                     }
                     Err(e) => tracing::error!(error = %e, "cannot encode a task message"),
                 }

@@ -15,6 +15,7 @@
 //! else as JSON).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use runnel_spec::{
@@ -27,7 +28,7 @@ use super::config::{
     OffsetReset, StartPosition, TopicPartition, TopicSelector,
 };
 use super::format::{Avro, Deserializer, RecordView, Serializer};
-use super::{KafkaSink, KafkaSource, KafkaWatermarks};
+use super::{KafkaSink, KafkaSource, KafkaWatermarks, SinkFaultPoint};
 use crate::declarative::{Expr, KafkaConnector, Record, Value};
 use crate::graph::{DataStream, StreamEnv};
 use crate::watermark::WatermarkStrategy;
@@ -38,8 +39,30 @@ pub const KEY_FIELD: &str = "_key";
 pub const VALUE_FIELD: &str = "value";
 
 /// Plugs the Kafka connector into a [`ConnectorRegistry`](crate::declarative::ConnectorRegistry).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct DeclarativeKafka;
+#[derive(Clone, Default)]
+pub struct DeclarativeKafka {
+    sink_fault: Option<Arc<dyn Fn(SinkFaultPoint) + Send + Sync>>,
+}
+
+impl DeclarativeKafka {
+    /// Installs a fault-injection hook on every exactly-once sink this
+    /// connector builds. Fault tests need it in whole worker processes (a
+    /// custom runtime binary), where the sinks are built from the YAML spec
+    /// and there is no other handle on them.
+    pub fn with_sink_fault_hook(f: impl Fn(SinkFaultPoint) + Send + Sync + 'static) -> Self {
+        Self {
+            sink_fault: Some(Arc::new(f)),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeclarativeKafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeclarativeKafka")
+            .field("sink_fault", &self.sink_fault.is_some())
+            .finish()
+    }
+}
 
 /// One decoding or encoding format, with its Avro schema parsed once.
 #[derive(Clone)]
@@ -424,6 +447,10 @@ impl KafkaConnector for DeclarativeKafka {
                 None => None,
             };
             sink = sink.with_key(KeyEncoder { expr, codec });
+        }
+        if let Some(f) = &self.sink_fault {
+            let f = f.clone();
+            sink = sink.with_fault_hook(move |p| f(p));
         }
         stream.sink(name, sink);
         Ok(())

@@ -83,15 +83,30 @@ impl Drop for Proc {
 }
 
 fn spawn(args: &[&str], prefix: &str) -> Proc {
-    let mut child = Command::new(BIN)
-        .args(args)
+    spawn_with(Path::new(BIN), args, prefix, &[], None)
+}
+
+/// Starts `bin` (the `runnel` binary or a custom runtime binary built from the
+/// library) with extra environment, and its stderr into `stderr` if given.
+pub fn spawn_with(
+    bin: &Path,
+    args: &[&str],
+    prefix: &str,
+    envs: &[(&str, &str)],
+    stderr: Option<&Path>,
+) -> Proc {
+    let mut cmd = Command::new(bin);
+    cmd.args(args)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,runnel_runtime=info".into()),
         )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("runnel starts");
+        .envs(envs.iter().copied())
+        .stdout(Stdio::piped());
+    if let Some(path) = stderr {
+        cmd.stderr(std::fs::File::create(path).expect("stderr file"));
+    }
+    let mut child = cmd.spawn().expect("runnel starts");
     let mut out = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
@@ -113,6 +128,35 @@ pub fn worker(job: &Path, extra: &[&str]) -> Proc {
     let mut args = vec!["worker", job.to_str().unwrap(), "--listen", "127.0.0.1:0"];
     args.extend_from_slice(extra);
     spawn(&args, "worker listening on ")
+}
+
+/// A worker running `bin`, a custom runtime binary, with extra environment
+/// and its stderr into a file.
+pub fn worker_with(
+    bin: &Path,
+    job: &Path,
+    extra: &[&str],
+    envs: &[(&str, &str)],
+    stderr: &Path,
+) -> Proc {
+    let mut args = vec!["worker", job.to_str().unwrap(), "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    spawn_with(bin, &args, "worker listening on ", envs, Some(stderr))
+}
+
+/// A binary of this package's examples (built by `cargo test`).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let p = Path::new(BIN)
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "example {name} is not built: cargo build -p runnel-runtime --examples ({})",
+        p.display()
+    );
+    p
 }
 
 /// Restarts a worker on a given address (after a kill), retrying while the
