@@ -18,8 +18,14 @@
 //! conditions: same part size and parts in flight, uploads one file after
 //! another (as on the single uploader thread), downloads as many files at once
 //! as the restore fetches. So the ratio is what the snapshot format costs on top
-//! of the transfer itself. Each round runs both sides; odd rounds run the plain
-//! side first, so that an order effect does not always favour one side.
+//! of the transfer itself. Each round runs both sides; odd rounds upload the
+//! plain side first, and downloads rotate their order, so that an order effect
+//! does not always favour one side.
+//!
+//! The plain download is timed twice: dropping the bytes (the transfer alone)
+//! and keeping each file in its own buffer (the fresh memory that a restored
+//! state needs too; on VMs whose free memory goes back to the host, faulting
+//! that in is a large part of a restore).
 //!
 //! Without `--uri` it starts `moto_server` on a free loopback port.
 
@@ -88,9 +94,16 @@ struct Round {
     upload_ratio: f64,
     plain_download_s: f64,
     plain_download_mib_s: f64,
+    /// The same download, each file read into one buffer that is kept until
+    /// the end of the step, as `get_object` + `collect` would: it pays for the
+    /// fresh memory that a restore's state also needs.
+    kept_download_s: f64,
+    kept_download_mib_s: f64,
     restore_s: f64,
     restore_mib_s: f64,
     restore_ratio: f64,
+    /// `kept_download_s / restore_s`.
+    restore_vs_kept_ratio: f64,
 }
 
 /// A moto_server child, killed on drop.
@@ -296,6 +309,43 @@ fn plain_download(st: &dyn CheckpointStorage, dir: &str, files: &[String]) -> an
     })
 }
 
+/// Downloads the files like [`plain_download`], but reads each into its own
+/// buffer and keeps them all: the fresh memory that a restored state needs
+/// as well (what `get_object` + `collect` does).
+fn download_kept(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    files: &[String],
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    let next = AtomicUsize::new(0);
+    let threads = checkpoint::restore_concurrency(files.len());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<Vec<Vec<u8>>> {
+                    let mut out = Vec::new();
+                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let path = storage::join(dir, f);
+                        let size = st.size(&path)?;
+                        let mut buf = Vec::with_capacity(usize::try_from(size)?);
+                        st.open(&path)?.read_to_end(&mut buf)?;
+                        out.push(buf);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for w in workers {
+            all.extend(
+                w.join()
+                    .map_err(|_| anyhow::anyhow!("a download thread panicked"))??,
+            );
+        }
+        Ok(all)
+    })
+}
+
 /// What a job does with a snapshot before its tasks start: load it, then hand
 /// each subtask its key groups (as `executor::deploy` does).
 fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
@@ -365,9 +415,13 @@ fn one_round(
     let md = md.ok_or_else(|| anyhow::anyhow!("no checkpoint was written"))?;
     let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
     let plain_files: Vec<String> = st.list(&plain_dir)?;
-    let (mut plain_download_s, mut restore_s) = (0.0, 0.0);
-    for step in 0..2 {
-        if (step == 0) != plain_first {
+    let (mut plain_download_s, mut kept_download_s, mut restore_s) = (0.0, 0.0, 0.0);
+    // Downloads in a rotating order: round 0 restores first, round 1 starts
+    // with the plain download, round 2 with the kept one.
+    let mut order = [0u8, 1, 2];
+    order.rotate_left(round as usize % 3);
+    for step in order {
+        if step == 0 {
             // What a job does at start.
             eprintln!("round {round}: restore...");
             let (s, restored) = timed(|| restore(&uri_of(&dir)))?;
@@ -381,9 +435,23 @@ fn one_round(
                 bail!("restored {restored} entries, expected {total_entries}");
             }
         } else {
-            eprintln!("round {round}: plain download...");
-            let (s, got) = timed(|| plain_download(st, &plain_dir, &plain_files))?;
-            plain_download_s = s;
+            let keep = step == 2;
+            eprintln!(
+                "round {round}: plain download{}...",
+                if keep { ", kept in memory" } else { "" }
+            );
+            let (s, got) = if keep {
+                let (s, kept) = timed(|| download_kept(st, &plain_dir, &plain_files))?;
+                // Freed untimed, as the restore side's state is.
+                (s, kept.iter().map(|b| b.len() as u64).sum())
+            } else {
+                timed(|| plain_download(st, &plain_dir, &plain_files))?
+            };
+            if keep {
+                kept_download_s = s;
+            } else {
+                plain_download_s = s;
+            }
             if got != file_bytes {
                 bail!("plain download returned {got} bytes, expected {file_bytes}");
             }
@@ -402,9 +470,12 @@ fn one_round(
         upload_ratio: plain_upload_s / checkpoint_upload_s,
         plain_download_s,
         plain_download_mib_s: mib_s(file_bytes, plain_download_s),
+        kept_download_s,
+        kept_download_mib_s: mib_s(file_bytes, kept_download_s),
         restore_s,
         restore_mib_s: mib_s(file_bytes, restore_s),
         restore_ratio: plain_download_s / restore_s,
+        restore_vs_kept_ratio: kept_download_s / restore_s,
     })
 }
 
@@ -480,10 +551,15 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             x.plain_download_s, x.plain_download_mib_s
         );
         println!(
-            "  restore              {:9.2} {:9.1}   {:6.1} %",
+            "  plain download, kept {:9.2} {:9.1}",
+            x.kept_download_s, x.kept_download_mib_s
+        );
+        println!(
+            "  restore              {:9.2} {:9.1}   {:6.1} % ({:.1} % of kept)",
             x.restore_s,
             x.restore_mib_s,
-            100.0 * x.restore_ratio
+            100.0 * x.restore_ratio,
+            100.0 * x.restore_vs_kept_ratio
         );
     }
     Ok(ExitCode::SUCCESS)
