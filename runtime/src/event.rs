@@ -56,6 +56,25 @@ pub struct Barrier {
     pub timestamp_ms: i64,
     pub kind: SnapshotKind,
     pub target: Arc<SnapshotTarget>,
+    /// The checkpoint a bounded job takes after its sources finished, before
+    /// it ends. Nothing runs after it, so it is always aligned (see
+    /// [`Barrier::must_align`]).
+    pub is_final: bool,
+}
+
+impl Barrier {
+    /// Whether every input must deliver this barrier before the snapshot,
+    /// whatever the checkpointing mode. An unaligned snapshot is taken at the
+    /// first barrier, and what the other inputs still hold before theirs is
+    /// processed afterwards: output from it goes out *after* the barrier, into
+    /// the next checkpoint. For the final checkpoint and a draining stop there
+    /// is no next checkpoint (the final watermark, in flight on the slower
+    /// input, fires the last windows there), so that output was never
+    /// committed. Flink likewise never leaves in-flight data to a final
+    /// checkpoint: its tasks drain their inputs before it.
+    pub fn must_align(&self) -> bool {
+        self.is_final || matches!(self.kind, SnapshotKind::StopSavepoint { drain: true })
+    }
 }
 
 #[derive(Clone, Debug)]

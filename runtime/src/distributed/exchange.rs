@@ -311,6 +311,7 @@ mod tests {
                     storage,
                     dir: "chk-7".into(),
                 }),
+                is_final: true,
             }),
             Event::Record(StreamRecord {
                 value: ("b".into(), 2),

@@ -22,7 +22,7 @@ use crate::executor::AckedOp;
 use crate::task::Control;
 use crate::task::chain::Notification;
 
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest frame accepted (a batch of big records, or an ack of many files).
 pub const MAX_FRAME: usize = 256 << 20;
@@ -142,6 +142,7 @@ pub struct WireBarrier {
     pub root: String,
     pub dir: String,
     pub location: String,
+    pub is_final: bool,
 }
 
 impl WireBarrier {
@@ -153,6 +154,7 @@ impl WireBarrier {
             root: b.target.storage.uri(""),
             dir: b.target.dir.clone(),
             location: b.target.location.clone(),
+            is_final: b.is_final,
         }
     }
 
@@ -167,6 +169,7 @@ impl WireBarrier {
                 dir: self.dir.clone(),
                 location: self.location.clone(),
             }),
+            is_final: self.is_final,
         })
     }
 }

@@ -853,6 +853,7 @@ impl Master {
             timestamp_ms: system_now_ms(),
             kind,
             target: Arc::new(target),
+            is_final,
         };
         let now = self.now();
         if kind == SnapshotKind::Checkpoint && !is_final {

@@ -35,6 +35,9 @@ pub(crate) enum Action {
 
 pub(crate) struct BarrierAligner {
     mode: AlignMode,
+    /// The mode of the pending checkpoint: `mode`, or aligned for a barrier
+    /// that must align (`Barrier::must_align`).
+    pending_mode: AlignMode,
     ended: Vec<bool>,
     pending: Option<(u64, Vec<bool>)>,
     /// Highest checkpoint id this subtask has snapshotted or aborted.
@@ -45,6 +48,7 @@ impl BarrierAligner {
     pub fn new(mode: AlignMode, channels: usize) -> Self {
         BarrierAligner {
             mode,
+            pending_mode: mode,
             ended: vec![false; channels],
             pending: None,
             last: 0,
@@ -55,7 +59,10 @@ impl BarrierAligner {
         seen.iter().zip(&self.ended).all(|(s, e)| *s || *e)
     }
 
-    pub fn on_barrier(&mut self, ch: usize, id: u64) -> Vec<Action> {
+    /// `must_align` turns an unaligned checkpoint into an aligned one (the
+    /// final checkpoint, a draining stop); every barrier of one id carries
+    /// the same flag.
+    pub fn on_barrier(&mut self, ch: usize, id: u64, must_align: bool) -> Vec<Action> {
         let mut out = Vec::new();
         if ch >= self.ended.len() || id <= self.last {
             return out;
@@ -71,13 +78,19 @@ impl BarrierAligner {
             }
         }
         let first = self.pending.is_none();
+        if first {
+            self.pending_mode = match self.mode {
+                AlignMode::Unaligned if must_align => AlignMode::Aligned,
+                m => m,
+            };
+        }
         let n = self.ended.len();
         let (pid, seen) = self.pending.get_or_insert_with(|| (id, vec![false; n]));
         let pid = *pid;
         seen[ch] = true;
         let seen = seen.clone();
         let all = self.covered(&seen);
-        match self.mode {
+        match self.pending_mode {
             AlignMode::Aligned | AlignMode::AtLeastOnce => {
                 if all {
                     out.push(Action::Snapshot {
@@ -85,7 +98,7 @@ impl BarrierAligner {
                         record: vec![],
                     });
                     self.finish(pid);
-                } else if self.mode == AlignMode::Aligned {
+                } else if self.pending_mode == AlignMode::Aligned {
                     out.push(Action::Block(ch));
                 }
             }
@@ -116,11 +129,11 @@ impl BarrierAligner {
         };
         let pid = *pid;
         let seen = seen.clone();
-        if self.mode == AlignMode::Unaligned {
+        if self.pending_mode == AlignMode::Unaligned {
             out.push(Action::StopRecording(ch));
         }
         if self.covered(&seen) {
-            out.push(match self.mode {
+            out.push(match self.pending_mode {
                 AlignMode::Unaligned => Action::Complete(pid),
                 _ => Action::Snapshot {
                     id: pid,
@@ -148,7 +161,7 @@ mod tests {
         for mode in [AlignMode::Aligned, AlignMode::AtLeastOnce] {
             let mut a = BarrierAligner::new(mode, 1);
             assert_eq!(
-                a.on_barrier(0, 1),
+                a.on_barrier(0, 1, false),
                 vec![Snapshot {
                     id: 1,
                     record: vec![]
@@ -157,7 +170,7 @@ mod tests {
         }
         let mut a = BarrierAligner::new(AlignMode::Unaligned, 1);
         assert_eq!(
-            a.on_barrier(0, 1),
+            a.on_barrier(0, 1, false),
             vec![
                 Snapshot {
                     id: 1,
@@ -171,26 +184,26 @@ mod tests {
     #[test]
     fn aligned_blocks_until_all_channels_delivered() {
         let mut a = BarrierAligner::new(AlignMode::Aligned, 3);
-        assert_eq!(a.on_barrier(1, 5), vec![Block(1)]);
-        assert_eq!(a.on_barrier(0, 5), vec![Block(0)]);
+        assert_eq!(a.on_barrier(1, 5, false), vec![Block(1)]);
+        assert_eq!(a.on_barrier(0, 5, false), vec![Block(0)]);
         assert_eq!(
-            a.on_barrier(2, 5),
+            a.on_barrier(2, 5, false),
             vec![Snapshot {
                 id: 5,
                 record: vec![]
             }]
         );
         // A duplicate or stale barrier is ignored.
-        assert_eq!(a.on_barrier(2, 5), vec![]);
-        assert_eq!(a.on_barrier(0, 4), vec![]);
+        assert_eq!(a.on_barrier(2, 5, false), vec![]);
+        assert_eq!(a.on_barrier(0, 4, false), vec![]);
     }
 
     #[test]
     fn at_least_once_never_blocks() {
         let mut a = BarrierAligner::new(AlignMode::AtLeastOnce, 2);
-        assert_eq!(a.on_barrier(0, 1), vec![]);
+        assert_eq!(a.on_barrier(0, 1, false), vec![]);
         assert_eq!(
-            a.on_barrier(1, 1),
+            a.on_barrier(1, 1, false),
             vec![Snapshot {
                 id: 1,
                 record: vec![]
@@ -202,24 +215,27 @@ mod tests {
     fn unaligned_snapshots_at_first_barrier_and_records_the_rest() {
         let mut a = BarrierAligner::new(AlignMode::Unaligned, 3);
         assert_eq!(
-            a.on_barrier(1, 2),
+            a.on_barrier(1, 2, false),
             vec![Snapshot {
                 id: 2,
                 record: vec![0, 2]
             }]
         );
-        assert_eq!(a.on_barrier(0, 2), vec![StopRecording(0)]);
-        assert_eq!(a.on_barrier(2, 2), vec![StopRecording(2), Complete(2)]);
+        assert_eq!(a.on_barrier(0, 2, false), vec![StopRecording(0)]);
+        assert_eq!(
+            a.on_barrier(2, 2, false),
+            vec![StopRecording(2), Complete(2)]
+        );
     }
 
     #[test]
     fn newer_barrier_aborts_pending_checkpoint() {
         let mut a = BarrierAligner::new(AlignMode::Aligned, 2);
-        assert_eq!(a.on_barrier(0, 1), vec![Block(0)]);
-        assert_eq!(a.on_barrier(1, 2), vec![Abort(1), Block(1)]);
-        assert_eq!(a.on_barrier(0, 1), vec![]);
+        assert_eq!(a.on_barrier(0, 1, false), vec![Block(0)]);
+        assert_eq!(a.on_barrier(1, 2, false), vec![Abort(1), Block(1)]);
+        assert_eq!(a.on_barrier(0, 1, false), vec![]);
         assert_eq!(
-            a.on_barrier(0, 2),
+            a.on_barrier(0, 2, false),
             vec![Snapshot {
                 id: 2,
                 record: vec![]
@@ -230,7 +246,7 @@ mod tests {
     #[test]
     fn ended_channels_count_as_aligned() {
         let mut a = BarrierAligner::new(AlignMode::Aligned, 2);
-        assert_eq!(a.on_barrier(0, 1), vec![Block(0)]);
+        assert_eq!(a.on_barrier(0, 1, false), vec![Block(0)]);
         assert_eq!(
             a.on_end(1),
             vec![Snapshot {
@@ -239,7 +255,7 @@ mod tests {
             }]
         );
         assert_eq!(
-            a.on_barrier(0, 2),
+            a.on_barrier(0, 2, false),
             vec![Snapshot {
                 id: 2,
                 record: vec![]
@@ -247,7 +263,7 @@ mod tests {
         );
         let mut u = BarrierAligner::new(AlignMode::Unaligned, 2);
         assert_eq!(
-            u.on_barrier(0, 1),
+            u.on_barrier(0, 1, false),
             vec![Snapshot {
                 id: 1,
                 record: vec![1]
@@ -259,7 +275,42 @@ mod tests {
     #[test]
     fn out_of_range_channel_is_ignored() {
         let mut a = BarrierAligner::new(AlignMode::Aligned, 1);
-        assert_eq!(a.on_barrier(7, 1), vec![]);
+        assert_eq!(a.on_barrier(7, 1, false), vec![]);
         assert_eq!(a.on_end(7), vec![]);
+    }
+
+    #[test]
+    fn a_barrier_that_must_align_aligns_in_unaligned_mode() {
+        let mut a = BarrierAligner::new(AlignMode::Unaligned, 2);
+        assert_eq!(a.on_barrier(0, 3, true), vec![Block(0)]);
+        assert_eq!(
+            a.on_barrier(1, 3, true),
+            vec![Snapshot {
+                id: 3,
+                record: vec![]
+            }]
+        );
+        // The next ordinary checkpoint is unaligned again.
+        assert_eq!(
+            a.on_barrier(1, 4, false),
+            vec![Snapshot {
+                id: 4,
+                record: vec![0]
+            }]
+        );
+        assert_eq!(
+            a.on_barrier(0, 4, false),
+            vec![StopRecording(0), Complete(4)]
+        );
+        // An input that ends while a must-align barrier waits completes it
+        // as an aligned snapshot.
+        assert_eq!(a.on_barrier(0, 5, true), vec![Block(0)]);
+        assert_eq!(
+            a.on_end(1),
+            vec![Snapshot {
+                id: 5,
+                record: vec![]
+            }]
+        );
     }
 }

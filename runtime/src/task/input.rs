@@ -229,7 +229,7 @@ impl<T: Data> InputTask<T> {
                         st.align_start = Some((b.id, Instant::now()));
                     }
                     st.last_barrier = Some(b.clone());
-                    for a in st.aligner.on_barrier(ch, b.id) {
+                    for a in st.aligner.on_barrier(ch, b.id, b.must_align()) {
                         self.apply(env, st, a, &b)?;
                     }
                 }
@@ -299,7 +299,7 @@ impl<T: Data> InputTask<T> {
                 self.head.barrier(b, &mut snaps)?;
                 st.blocked.iter_mut().for_each(|x| *x = false);
                 st.last_barrier = None;
-                if env.mode == AlignMode::Unaligned {
+                if env.mode == AlignMode::Unaligned && !b.must_align() {
                     for ch in record {
                         st.recording[ch] = true;
                     }
