@@ -11,54 +11,18 @@
 #![cfg(feature = "kafka")]
 
 mod common;
+#[path = "distributed_support/kafka.rs"]
+mod distributed_kafka;
 mod distributed_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::broker::{Broker, broker_or_skip};
+use common::broker::broker_or_skip;
+use common::example;
+use distributed_kafka::{committed, kafka_job};
 use distributed_support::*;
 use runnel_api::JobState;
-
-/// The keyed job writing to Kafka exactly once, with one sink subtask (why
-/// one: see `distributed_kafka_chaos.rs`).
-fn kafka_job(b: &Broker, topic: &str) -> String {
-    let file_sink = r#"    file: { path: "{out}" }"#;
-    let yaml = keyed_job(40_000, 2_000, 4);
-    let (job_par, window) = ("\nparallelism: 4\n", "  - name: sums\n");
-    assert!(
-        yaml.contains(file_sink) && yaml.contains(job_par) && yaml.contains(window),
-        "{yaml}"
-    );
-    yaml.replace(job_par, "\nparallelism: 1\n")
-        .replace(window, "  - name: sums\n    parallelism: 4\n")
-        .replace(
-            file_sink,
-            &format!(
-                r#"    kafka:
-      bootstrapServers: "{}"
-      topic: {topic}
-      key: "key"
-      delivery: exactly-once
-      transactionTimeout: 15s"#,
-                b.bootstrap
-            ),
-        )
-}
-
-fn committed(b: &Broker, topic: &str) -> Vec<String> {
-    let mut v: Vec<String> = b
-        .read_all(topic, true)
-        .iter()
-        .map(|r| {
-            serde_json::from_str::<serde_json::Value>(&r.text())
-                .unwrap_or_else(|e| panic!("output record is not JSON ({e}): {}", r.text()))
-                .to_string()
-        })
-        .collect();
-    v.sort();
-    v
-}
 
 /// The process state letter from `/proc/PID/stat` ('T' = stopped).
 fn proc_state(pid: i32) -> Option<char> {
@@ -90,7 +54,7 @@ fn a_worker_frozen_inside_a_commit_transaction_is_fenced_when_it_thaws() {
     let tmp = tempfile::tempdir().unwrap();
     let expected = fault_free(&keyed_job(40_000, 2_000, 4), tmp.path());
     assert_eq!(expected.len(), 4_000);
-    let job = write_job(&kafka_job(&b, "stale-out"), tmp.path());
+    let job = write_job(&kafka_job(&b, "stale-out", "15s"), tmp.path());
     let flag = tmp.path().join("stopped.pid");
     let flag_s = flag.display().to_string();
     // Every worker may be the sink's host; the first to reach the commit of

@@ -15,22 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::broker::{Broker, broker_or_skip, free_port};
+use common::example;
 use rand::{Rng, SeedableRng};
-
-fn example(name: &str) -> PathBuf {
-    let exe = env!("CARGO_BIN_EXE_runnel");
-    let p = Path::new(exe)
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "example {name} is not built: cargo build -p runnel-runtime --examples ({})",
-        p.display()
-    );
-    p
-}
 
 /// The fault-free output of `kafka_eos_job` for ids 0..n with key = id % keys:
 /// `"{id},{key},{running count of key}"`, as a sorted list.

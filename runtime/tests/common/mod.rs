@@ -15,6 +15,22 @@ use runnel_runtime::{
     KeyedProcessFunction, RestartStrategy, SinkContext, SinkFunction, UserError,
 };
 
+/// A binary of this package's examples (built by `cargo test`, not by
+/// `cargo test --test X`: build them first then).
+pub fn example(name: &str) -> std::path::PathBuf {
+    let p = std::path::Path::new(env!("CARGO_BIN_EXE_runnel"))
+        .parent()
+        .expect("target dir")
+        .join("examples")
+        .join(name);
+    assert!(
+        p.exists(),
+        "example {name} is not built: cargo build -p runnel-runtime --examples ({})",
+        p.display()
+    );
+    p
+}
+
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     match m.lock() {
         Ok(g) => g,

@@ -144,21 +144,6 @@ pub fn worker_with(
     spawn_with(bin, &args, "worker listening on ", envs, Some(stderr))
 }
 
-/// A binary of this package's examples (built by `cargo test`).
-pub fn example(name: &str) -> std::path::PathBuf {
-    let p = Path::new(BIN)
-        .parent()
-        .expect("target dir")
-        .join("examples")
-        .join(name);
-    assert!(
-        p.exists(),
-        "example {name} is not built: cargo build -p runnel-runtime --examples ({})",
-        p.display()
-    );
-    p
-}
-
 /// Restarts a worker on a given address (after a kill), retrying while the
 /// port is still held.
 pub fn worker_at(job: &Path, addr: &str, extra: &[&str]) -> Proc {
