@@ -123,7 +123,7 @@ pub fn key_group_for_typed_key<K: Serialize + 'static>(
 
 /// Postcard's unsigned varint (LEB128, least significant group first).
 #[inline]
-fn varint(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
+pub(crate) fn varint(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
     let mut n = 0;
     while v >= 0x80 {
         buf[n] = (v as u8) | 0x80;
@@ -136,7 +136,7 @@ fn varint(mut v: u64, buf: &mut [u8; 10]) -> &[u8] {
 
 /// Key group of a string key: postcard writes the byte length as a varint,
 /// then the bytes.
-fn string_key_group(s: &[u8], max_parallelism: u32) -> u32 {
+pub(crate) fn string_key_group(s: &[u8], max_parallelism: u32) -> u32 {
     let mut len = [0u8; 10];
     let len = varint(s.len() as u64, &mut len);
     if len.len() + s.len() <= STACK_KEY_BUF {

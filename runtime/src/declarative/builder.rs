@@ -33,7 +33,7 @@ use super::generator::{ElementsSource, GeneratorSourceFn};
 use super::record::{Record, SmolStr};
 use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
 use super::sinks::{FileSink, StdoutSink};
-use super::value::Value;
+use super::value::{Value, key_group_of};
 
 /// A job built from a spec, ready to run.
 pub struct BuiltJob {
@@ -709,7 +709,16 @@ impl Builder<'_> {
             let ok = defs.len() == w.aggregates.len();
             let out = match (stream, key_by, ok) {
                 (Some(d), Some(key), true) => {
-                    let keyed = keyed(d, key, self.dropped(uid));
+                    // A window that reads nothing of its records but their
+                    // key (only field-less counts, late records not kept)
+                    // gets the key alone; see `keys_only`.
+                    let scalar_key = Self::field_type(&key, &known).is_some_and(|t| t != "map");
+                    let fieldless = defs.iter().all(|d| d.of.is_none()) && w.late_output.is_none();
+                    let keyed = if scalar_key && fieldless {
+                        keys_only(d, key, self.dropped(uid))
+                    } else {
+                        keyed(d, key, self.dropped(uid))
+                    };
                     let agg = RecordAggregator {
                         defs: defs.into(),
                         skipped: self.metrics.record_errors(uid, SKIPPED_VALUE),
@@ -796,4 +805,85 @@ fn keyed(
             }
         },
     )
+    .with_key_group(key_group_of)
+}
+
+/// Keys records by `key` for a keyed step that reads nothing of a record but
+/// its key (a window of field-less counts without a late output): each record
+/// is replaced by its key right where it is produced, in a map chained to its
+/// producer, and the key is what crosses to the keyed step. So the key is
+/// computed once instead of twice, and the record is freed on the thread that
+/// built it instead of being sent, read and freed on another core: the
+/// largest share of what the declarative window count cost over the Rust API
+/// (`docs/benchmarks.md`).
+///
+/// The keyed step's state and timers are the same as with [`keyed`] (same
+/// keys, same key groups). What an unaligned checkpoint keeps in flight on
+/// this edge is the key instead of the record, so a checkpoint written before
+/// this carries whole records there: [`carried_key`] recognises them (the
+/// caller only takes this path when the key's type is known and not a map,
+/// and records are maps) and computes their key as before.
+fn keys_only(
+    d: DataStream<Value>,
+    key: Expr,
+    dropped: Dropped,
+) -> crate::graph::KeyedStream<Value, Value> {
+    let restored = key.clone();
+    d.map_chained(move |v: Value| match key.eval(&v) {
+        Ok(k) => k,
+        Err(m) => {
+            dropped.record(&format!("{m}; using the null key"));
+            Value::Null
+        }
+    })
+    .key_by(move |v: &Value| carried_key(v, &restored))
+    .with_key_group(key_group_of)
+}
+
+/// The key of an element of a [`keys_only`] edge: the element itself, or,
+/// for a whole record restored in flight from an older checkpoint, the key
+/// computed from it (a failing key gives the null key, as in [`keyed`]).
+fn carried_key(v: &Value, key: &Expr) -> Value {
+    match v {
+        Value::Map(_) => key.eval(v).unwrap_or(Value::Null),
+        k => k.clone(),
+    }
+}
+
+#[cfg(test)]
+mod keys_only_tests {
+    use super::*;
+    use crate::declarative::value::record;
+    use crate::keygroup::key_group_for_typed_key;
+
+    /// A record restored in flight from a checkpoint written before keys were
+    /// carried alone lands in the same key (and key group) as its key sent
+    /// alone.
+    #[test]
+    fn carried_key_reads_keys_and_old_whole_records_alike() {
+        let key = Expr::compile("k").unwrap();
+        let whole = record([("k", Value::Int(7)), ("x", Value::String("a".into()))]);
+        let alone = Value::Int(7);
+        assert_eq!(carried_key(&whole, &key), Value::Int(7));
+        assert_eq!(carried_key(&alone, &key), Value::Int(7));
+        let string_key = Expr::compile("u").unwrap();
+        let whole = record([("u", Value::String("u1".into()))]);
+        assert_eq!(carried_key(&whole, &string_key), Value::String("u1".into()));
+        assert_eq!(
+            carried_key(&Value::String("u1".into()), &string_key),
+            Value::String("u1".into())
+        );
+        for maxp in [128, 1000, 32_768] {
+            assert_eq!(
+                key_group_for_typed_key(&carried_key(&record([("k", Value::Int(7))]), &key), maxp)
+                    .unwrap(),
+                key_group_for_typed_key(&Value::Int(7), maxp).unwrap()
+            );
+        }
+        // A record without the key field: the null key, as `keyed` routes it.
+        assert_eq!(
+            carried_key(&record([("x", Value::Int(1))]), &key),
+            Value::Null
+        );
+    }
 }

@@ -9,6 +9,8 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use crate::keygroup::{KeyEncodeError, key_group_for_bytes, key_group_for_key, varint};
+
 pub use super::record::Record;
 
 /// A field value or a whole record (a record is a `Map`).
@@ -268,6 +270,43 @@ impl std::fmt::Display for Value {
     }
 }
 
+/// The key group of a declarative key, as `key_group_for_key` defines it
+/// (XXH64 of the key's postcard bytes), with the bytes of integer and short
+/// string keys written here instead of through serde: routing a record paid
+/// for serde's generic path (`docs/benchmarks.md`). Postcard writes the
+/// variant index as a varint (one byte here), then an `i64` as a zigzag
+/// varint, a `u64` as a varint and a string as its length (varint) and
+/// bytes; `key_group_of_matches_postcard` checks it.
+pub(crate) fn key_group_of(v: &Value, max_parallelism: u32) -> Result<u32, KeyEncodeError> {
+    const BUF: usize = 64;
+    let mut buf = [0u8; BUF];
+    let mut num = [0u8; 10];
+    let len = match v {
+        Value::Int(i) => {
+            let b = varint(((*i << 1) ^ (*i >> 63)) as u64, &mut num);
+            buf[0] = 2;
+            buf[1..=b.len()].copy_from_slice(b);
+            1 + b.len()
+        }
+        Value::UInt(u) => {
+            let b = varint(*u, &mut num);
+            buf[0] = 3;
+            buf[1..=b.len()].copy_from_slice(b);
+            1 + b.len()
+        }
+        Value::String(s) if s.len() + 11 <= BUF => {
+            let b = varint(s.len() as u64, &mut num);
+            buf[0] = 5;
+            buf[1..=b.len()].copy_from_slice(b);
+            let start = 1 + b.len();
+            buf[start..start + s.len()].copy_from_slice(s.as_bytes());
+            start + s.len()
+        }
+        other => return key_group_for_key(other, max_parallelism),
+    };
+    Ok(key_group_for_bytes(&buf[..len], max_parallelism))
+}
+
 /// Builds a record from (field, value) pairs.
 pub fn record<const N: usize>(fields: [(&str, Value); N]) -> Value {
     Value::Map(Record::from(fields))
@@ -346,6 +385,58 @@ mod tests {
                     key_group_for_key(&v, maxp).unwrap(),
                     key_group_for_bytes(bytes, maxp),
                     "{v:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn key_group_of_matches_postcard() {
+        let mut keys = vec![
+            Value::Null,
+            Value::Bool(false),
+            Value::Float(1.5),
+            record([("k", Value::Int(3))]),
+            Value::List(vec![Value::Int(1)]),
+        ];
+        for i in [
+            0i64,
+            1,
+            -1,
+            63,
+            64,
+            -64,
+            -65,
+            127,
+            128,
+            8191,
+            8192,
+            i64::MAX,
+            i64::MIN,
+        ] {
+            keys.push(Value::Int(i));
+            keys.push(Value::UInt(i as u64));
+        }
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        for _ in 0..1000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            keys.push(Value::Int(x as i64));
+            keys.push(Value::Int((x >> (x % 64)) as i64));
+            keys.push(Value::UInt(x >> (x % 64)));
+        }
+        for n in [0, 1, 23, 52, 53, 54, 127, 128, 300] {
+            keys.push(Value::String("é".repeat(n / 2) + &"u".repeat(n % 2)));
+            keys.push(Value::String("u".repeat(n)));
+        }
+        for v in &keys {
+            let bytes = postcard::to_allocvec(v).unwrap();
+            for maxp in [1, 128, 1000, 4096, 32_768] {
+                assert_eq!(
+                    key_group_of(v, maxp).unwrap(),
+                    key_group_for_bytes(&bytes, maxp),
+                    "{v:?} maxp={maxp}"
                 );
             }
         }
