@@ -71,10 +71,14 @@ sinks:
         .flatten()
         .flat_map(|(_, s)| s.in_flight.iter())
         .collect();
-    assert!(!in_flight.is_empty(), "the checkpoint holds in-flight records");
+    assert!(
+        !in_flight.is_empty(),
+        "the checkpoint holds in-flight records"
+    );
     // They are the keys alone, not whole records.
     for b in &in_flight {
-        let r: runnel_runtime::event::StreamRecord<declarative::Value> = postcard::from_bytes(b).unwrap();
+        let r: runnel_runtime::event::StreamRecord<declarative::Value> =
+            postcard::from_bytes(b).unwrap();
         assert!(
             matches!(r.value, declarative::Value::Int(k) if (0..KEYS).contains(&k)),
             "{r:?}"
