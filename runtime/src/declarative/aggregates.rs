@@ -268,7 +268,15 @@ impl WindowAggregator<Value, Value> for RecordAggregator {
     fn add(&self, acc: &mut Accs, value: &Value, ts: i64) -> FnResult {
         for (d, a) in self.defs.iter().zip(acc.iter_mut()) {
             let v = match &d.of {
-                None => Value::Null,
+                // A field-less count reads nothing of the record: counted
+                // here, without a `Value` made and dropped per record.
+                None => match a {
+                    Acc::Count(n) => {
+                        *n += 1;
+                        continue;
+                    }
+                    _ => Value::Null,
+                },
                 Some(e) => match e.eval(value) {
                     Ok(v) => v,
                     Err(m) => {
