@@ -72,8 +72,17 @@ impl Barrier {
     /// input, fires the last windows there), so that output was never
     /// committed. Flink likewise never leaves in-flight data to a final
     /// checkpoint: its tasks drain their inputs before it.
+    ///
+    /// Savepoints of every kind are aligned too, as in Flink: in-flight
+    /// records are encoded as the type of the edge they were on, and a
+    /// savepoint is what a *changed* job restores from. The declarative
+    /// builder, for one, sends a count-only window its keys alone but a
+    /// window with other aggregates whole records; in-flight keys restored
+    /// into the latter would be keyed as records (wrongly). Without in-flight
+    /// data a savepoint holds only operator and keyed state, which restore
+    /// by uid and key group into any compatible job.
     pub fn must_align(&self) -> bool {
-        self.is_final || matches!(self.kind, SnapshotKind::StopSavepoint { drain: true })
+        self.is_final || self.kind.is_savepoint()
     }
 }
 

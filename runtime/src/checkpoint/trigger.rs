@@ -13,7 +13,12 @@ pub(crate) enum TriggerDecision {
 }
 
 /// The next trigger respects the interval since the last trigger, the minimum
-/// pause since the last checkpoint ended, and the concurrency limit.
+/// pause since the last checkpoint ended, and the concurrency limit, which
+/// counts savepoints too (`pending`: every snapshot in progress). While a
+/// savepoint is in progress or waiting to start (`savepoint_active`), no
+/// periodic checkpoint starts: its barrier could overtake the savepoint's
+/// in a task that does not block its inputs, and the task would abandon the
+/// savepoint (see [`may_start_exclusive`]).
 pub(crate) fn decide(
     cfg: &CheckpointConfig,
     now: u64,
@@ -21,11 +26,12 @@ pub(crate) fn decide(
     last_trigger: Option<u64>,
     last_end: Option<u64>,
     pending: usize,
+    savepoint_active: bool,
 ) -> TriggerDecision {
     let Some(interval) = cfg.interval_ms else {
         return TriggerDecision::Disabled;
     };
-    if pending >= cfg.max_concurrent as usize {
+    if savepoint_active || pending >= cfg.max_concurrent as usize {
         return TriggerDecision::Blocked;
     }
     let mut at = last_trigger.unwrap_or(started).saturating_add(interval);
@@ -37,6 +43,18 @@ pub(crate) fn decide(
     } else {
         TriggerDecision::At(at)
     }
+}
+
+/// Whether a savepoint or the final checkpoint may start, with `pending`
+/// snapshots in progress: only when there are none. A task that does not
+/// block its inputs (unaligned and at-least-once modes) abandons a snapshot
+/// when the barrier of a newer one overtakes it on another input, and the
+/// abandoned one fails: a periodic checkpoint failed that way counts against
+/// the tolerable failures (0 by default, so the job would restart), and a
+/// savepoint failed that way is lost to whoever asked for it. So these wait
+/// for the snapshots in progress instead, at most for the checkpoint timeout.
+pub(crate) fn may_start_exclusive(pending: usize) -> bool {
+    pending == 0
 }
 
 #[cfg(test)]
@@ -56,10 +74,16 @@ mod tests {
     #[test]
     fn interval_from_start_then_from_last_trigger() {
         let c = cfg(100, 0, 1);
-        assert_eq!(decide(&c, 50, 0, None, None, 0), TriggerDecision::At(100));
-        assert_eq!(decide(&c, 100, 0, None, None, 0), TriggerDecision::Now);
         assert_eq!(
-            decide(&c, 150, 0, Some(100), Some(120), 0),
+            decide(&c, 50, 0, None, None, 0, false),
+            TriggerDecision::At(100)
+        );
+        assert_eq!(
+            decide(&c, 100, 0, None, None, 0, false),
+            TriggerDecision::Now
+        );
+        assert_eq!(
+            decide(&c, 150, 0, Some(100), Some(120), 0, false),
             TriggerDecision::At(200)
         );
     }
@@ -69,11 +93,11 @@ mod tests {
         let c = cfg(100, 80, 1);
         // Checkpoint triggered at 100 took until 190: next not before 270.
         assert_eq!(
-            decide(&c, 200, 0, Some(100), Some(190), 0),
+            decide(&c, 200, 0, Some(100), Some(190), 0, false),
             TriggerDecision::At(270)
         );
         assert_eq!(
-            decide(&c, 270, 0, Some(100), Some(190), 0),
+            decide(&c, 270, 0, Some(100), Some(190), 0, false),
             TriggerDecision::Now
         );
     }
@@ -82,14 +106,45 @@ mod tests {
     fn concurrency_limit_blocks() {
         let c = cfg(10, 0, 2);
         assert_eq!(
-            decide(&c, 1000, 0, Some(0), None, 2),
+            decide(&c, 1000, 0, Some(0), None, 2, false),
             TriggerDecision::Blocked
         );
-        assert_eq!(decide(&c, 1000, 0, Some(0), None, 1), TriggerDecision::Now);
+        assert_eq!(
+            decide(&c, 1000, 0, Some(0), None, 1, false),
+            TriggerDecision::Now
+        );
         let off = CheckpointConfig::default();
         assert_eq!(
-            decide(&off, 1000, 0, None, None, 0),
+            decide(&off, 1000, 0, None, None, 0, false),
             TriggerDecision::Disabled
         );
+    }
+
+    /// A savepoint in progress or waiting blocks periodic checkpoints
+    /// whatever the concurrency limit, and is counted against it once it runs.
+    #[test]
+    fn savepoints_block_periodic_checkpoints() {
+        for max in [1, 2, 5] {
+            let c = cfg(10, 0, max);
+            for pending in 0..3 {
+                assert_eq!(
+                    decide(&c, 1000, 0, Some(0), None, pending, true),
+                    TriggerDecision::Blocked,
+                    "max {max}, pending {pending}"
+                );
+            }
+            assert_eq!(
+                decide(&c, 1000, 0, Some(0), None, max as usize, false),
+                TriggerDecision::Blocked
+            );
+        }
+    }
+
+    #[test]
+    fn exclusive_snapshots_start_only_when_nothing_is_in_progress() {
+        assert!(may_start_exclusive(0));
+        for pending in 1..5 {
+            assert!(!may_start_exclusive(pending));
+        }
     }
 }

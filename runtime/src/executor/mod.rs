@@ -4,7 +4,7 @@
 
 pub(crate) mod deploy;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -16,7 +16,7 @@ use crate::checkpoint::format::{
     FORMAT_NAME, FORMAT_VERSION, KeyedStateMeta, METADATA_FILE, OperatorMeta, SnapshotMetadata,
     SubtaskMeta,
 };
-use crate::checkpoint::trigger::{TriggerDecision, decide};
+use crate::checkpoint::trigger::{TriggerDecision, decide, may_start_exclusive};
 use crate::checkpoint::{self, LoadedSnapshot};
 use crate::clock::system_now_ms;
 use crate::config::JobConfig;
@@ -610,6 +610,8 @@ impl Master {
             last_end: None,
             consecutive_failures: 0,
             final_triggered: false,
+            final_deferred: false,
+            queued: VecDeque::new(),
             stopping: None,
         };
         let end = self.supervise(&mut run);
@@ -628,6 +630,11 @@ impl Master {
                 )));
             }
         }
+        for q in std::mem::take(&mut run.queued) {
+            let _ = q.reply.send(Err(JobError::Rejected(
+                "the attempt ended before the savepoint started".into(),
+            )));
+        }
         end
     }
 
@@ -636,16 +643,14 @@ impl Master {
         loop {
             // Periodic trigger and timeouts.
             let now = self.now();
-            let n_periodic = run
-                .pending
-                .values()
-                .filter(|p| p.kind == SnapshotKind::Checkpoint)
-                .count();
+            self.start_waiting(run);
             let mut wait = Duration::from_millis(500);
             let stop_pending = run
                 .pending
                 .values()
                 .any(|p| matches!(p.kind, SnapshotKind::StopSavepoint { .. }));
+            let savepoint_active =
+                !run.queued.is_empty() || run.pending.values().any(|p| p.kind.is_savepoint());
             if !run.final_triggered
                 && !stop_pending
                 && run.stopping.is_none()
@@ -657,7 +662,8 @@ impl Master {
                     run.started,
                     run.last_trigger,
                     run.last_end,
-                    n_periodic,
+                    run.pending.len(),
+                    savepoint_active,
                 ) {
                     TriggerDecision::Now => {
                         if let Err(e) =
@@ -749,17 +755,16 @@ impl Master {
                     }
                 }
                 MasterMsg::Savepoint { dir, kind, reply } => {
-                    let stop_pending = run
-                        .pending
-                        .values()
-                        .any(|p| matches!(p.kind, SnapshotKind::StopSavepoint { .. }));
+                    let is_stop =
+                        |k: &SnapshotKind| matches!(k, SnapshotKind::StopSavepoint { .. });
+                    let stop_pending = run.pending.values().any(|p| is_stop(&p.kind))
+                        || run.queued.iter().any(|q| is_stop(&q.kind));
                     if run.stopping.is_some() || run.final_triggered || stop_pending {
                         let _ = reply.send(Err(JobError::Rejected("the job is finishing".into())));
                         continue;
                     }
-                    if let Err(e) = self.trigger(run, kind, Some(dir), Some(reply.clone()), false) {
-                        let _ = reply.send(Err(e));
-                    }
+                    run.queued.push_back(QueuedSavepoint { dir, kind, reply });
+                    self.start_waiting(run);
                 }
                 MasterMsg::Cancel => return AttemptEnd::Cancelled,
                 _ => {} // A message from an earlier attempt: fenced off.
@@ -791,17 +796,47 @@ impl Master {
     }
 
     fn finish_sources(&mut self, run: &mut AttemptRun) {
+        // Savepoints not started yet cannot be taken any more: the final
+        // checkpoint is the last snapshot.
+        for q in std::mem::take(&mut run.queued) {
+            let _ = q
+                .reply
+                .send(Err(JobError::Rejected("the job is finishing".into())));
+        }
         if self.checkpoint_storage.is_some() && self.config.checkpoint.interval_ms.is_some() {
             // A final checkpoint, so that everything emitted is covered by a
-            // completed checkpoint before the job ends.
-            if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
-                tracing::warn!(error = %e, "final checkpoint could not be triggered; finishing without it");
-                self.send_finish(run);
-            }
+            // completed checkpoint before the job ends; once the snapshots in
+            // progress are done.
+            run.final_deferred = true;
+            self.start_waiting(run);
         } else {
             self.send_finish(run);
         }
         run.final_triggered = true;
+    }
+
+    /// Starts the final checkpoint or the next requested savepoint once no
+    /// snapshot is in progress. Not earlier: tasks that do not block their
+    /// inputs (unaligned and at-least-once modes) abandon a snapshot when a
+    /// newer barrier overtakes it, which would fail the checkpoint in
+    /// progress (counted against the tolerable failures) or the savepoint.
+    fn start_waiting(&mut self, run: &mut AttemptRun) {
+        if !may_start_exclusive(run.pending.len()) {
+            return;
+        }
+        if run.final_deferred {
+            run.final_deferred = false;
+            if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
+                tracing::warn!(error = %e, "final checkpoint could not be triggered; finishing without it");
+                self.send_finish(run);
+            }
+            return;
+        }
+        if let Some(q) = run.queued.pop_front()
+            && let Err(e) = self.trigger(run, q.kind, Some(q.dir), Some(q.reply.clone()), false)
+        {
+            let _ = q.reply.send(Err(e));
+        }
     }
 
     fn send_finish(&self, run: &AttemptRun) {
@@ -1202,5 +1237,16 @@ struct AttemptRun {
     last_end: Option<u64>,
     consecutive_failures: u32,
     final_triggered: bool,
+    /// The final checkpoint, once the sources finished, waits for the
+    /// snapshots in progress (see [`may_start_exclusive`]).
+    final_deferred: bool,
+    /// Savepoint requests waiting for the snapshots in progress, in order.
+    queued: VecDeque<QueuedSavepoint>,
     stopping: Option<SavepointInfo>,
+}
+
+struct QueuedSavepoint {
+    dir: String,
+    kind: SnapshotKind,
+    reply: Sender<Result<SavepointInfo, JobError>>,
 }
