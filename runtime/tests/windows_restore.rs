@@ -11,7 +11,18 @@ use runnel_runtime::{JobOutcome, RestoreSettings};
 const N: u64 = 20_000;
 const KEYS: u64 = 10;
 
+const AGGREGATES: &str = r#"{ n: { op: count }, sum: { op: sum, of: "v" } }"#;
+
 fn yaml(dir: &std::path::Path, window_parallelism: u32, bounded: bool) -> String {
+    yaml_with(dir, window_parallelism, bounded, AGGREGATES)
+}
+
+fn yaml_with(
+    dir: &std::path::Path,
+    window_parallelism: u32,
+    bounded: bool,
+    aggregates: &str,
+) -> String {
     let limit = if bounded {
         format!("count: {N}")
     } else {
@@ -38,9 +49,7 @@ steps:
     window:
       type: tumbling
       size: 100ms
-      aggregates:
-        n: {{ op: count }}
-        sum: {{ op: sum, of: "v" }}
+      aggregates: {aggregates}
 sinks:
   - name: out
     file: {{ path: "{d}/out" }}
@@ -49,10 +58,10 @@ sinks:
     )
 }
 
-#[test]
-fn windows_restore_from_a_savepoint_at_a_different_parallelism_with_exact_results() {
-    let dir = tempfile::tempdir().unwrap();
-    let job = declarative::load_and_build(&yaml(dir.path(), 2, false), &ConnectorRegistry::new())
+/// Runs the unbounded job until its first checkpoint, then stops it with a
+/// savepoint (mid-stream, windows open) and returns the savepoint's path.
+fn savepoint_mid_stream(dir: &std::path::Path) -> String {
+    let job = declarative::load_and_build(&yaml(dir, 2, false), &ConnectorRegistry::new())
         .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
     let client = job.execute_async().unwrap();
     let t0 = Instant::now();
@@ -65,9 +74,24 @@ fn windows_restore_from_a_savepoint_at_a_different_parallelism_with_exact_result
         std::thread::sleep(Duration::from_millis(10));
     }
     let sp = client
-        .stop_with_savepoint(&format!("file://{}/sp", dir.path().display()), false)
+        .stop_with_savepoint(&format!("file://{}/sp", dir.display()), false)
         .unwrap();
     assert_eq!(client.wait().unwrap(), JobOutcome::Stopped(sp.clone()));
+    sp.path
+}
+
+fn restore(job: &mut declarative::BuiltJob, path: &str) {
+    job.config_mut().restore = Some(RestoreSettings {
+        path: path.to_string(),
+        latest: false,
+        allow_non_restored_state: false,
+    });
+}
+
+#[test]
+fn windows_restore_from_a_savepoint_at_a_different_parallelism_with_exact_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = savepoint_mid_stream(dir.path());
     let before = read_published(&dir.path().join("out"))
         .unwrap_or_default()
         .len();
@@ -79,11 +103,7 @@ fn windows_restore_from_a_savepoint_at_a_different_parallelism_with_exact_result
     let mut job =
         declarative::load_and_build(&yaml(dir.path(), 3, true), &ConnectorRegistry::new())
             .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
-    job.config_mut().restore = Some(RestoreSettings {
-        path: sp.path.clone(),
-        latest: false,
-        allow_non_restored_state: false,
-    });
+    restore(&mut job, &sp);
     job.execute().unwrap();
 
     let out = read_published(&dir.path().join("out")).unwrap();
@@ -104,4 +124,34 @@ fn windows_restore_from_a_savepoint_at_a_different_parallelism_with_exact_result
     }
     assert_eq!(got.len(), want.len());
     assert_eq!(got, want);
+}
+
+/// A window's accumulators are positional: restored into a job whose window
+/// defines other aggregates, they would decode as the wrong ones (a count
+/// read as a sum). The restore is refused with both layouts named, for a
+/// removed aggregate and for an added one that sorts first.
+#[test]
+fn windows_refuse_a_savepoint_written_for_other_aggregates() {
+    let dir = tempfile::tempdir().unwrap();
+    let sp = savepoint_mid_stream(dir.path());
+    for (aggregates, defined) in [
+        ("{ n: { op: count } }", "[n: count]"),
+        (
+            r#"{ a: { op: max, of: "v" }, n: { op: count }, sum: { op: sum, of: "v" } }"#,
+            "[a: max, n: count, sum: sum]",
+        ),
+    ] {
+        let mut job = declarative::load_and_build(
+            &yaml_with(dir.path(), 3, true, aggregates),
+            &ConnectorRegistry::new(),
+        )
+        .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
+        restore(&mut job, &sp);
+        let got = format!("{:?}", job.execute());
+        let want = format!(
+            "window 'per-key': the restored window state was written for the aggregates \
+             [n: count, sum: sum], and this job defines {defined}"
+        );
+        assert!(got.contains(&want), "{got}");
+    }
 }

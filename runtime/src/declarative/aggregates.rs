@@ -298,6 +298,20 @@ impl WindowAggregator<Value, Value> for RecordAggregator {
         }
     }
 
+    /// The aggregates by name and operation, in accumulator order. Not the
+    /// expressions: a fixed or changed `of` keeps its state (as a changed
+    /// Rust aggregator would), only a different set of accumulators is
+    /// refused.
+    fn state_layout(&self) -> Option<String> {
+        Some(
+            self.defs
+                .iter()
+                .map(|d| format!("{}: {}", d.name, d.op.name()))
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    }
+
     fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Accs) -> FnResult<Value> {
         let mut out = Record::with_capacity(self.defs.len() + 3);
         out.insert(WINDOW_KEY_FIELD, key.clone());

@@ -21,6 +21,15 @@ pub trait WindowAggregator<K, In>: Clone + Send + Sync + 'static {
     fn merge(&self, into: &mut Self::Acc, other: Self::Acc);
     /// The output for a key and window (`None` for count windows).
     fn result(&self, key: &K, window: Option<TimeWindow>, acc: &Self::Acc) -> FnResult<Self::Out>;
+    /// What the accumulator holds, for aggregators whose accumulator layout
+    /// depends on configuration (the declarative one: one accumulator per
+    /// aggregate, by position). The window operator keeps it with its state
+    /// and refuses a restore written with another layout: the accumulators
+    /// would decode, but as the wrong aggregates. `None`: the layout is fixed
+    /// by the type (a change there is caught by decoding).
+    fn state_layout(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Counts records: emits `(key, window, count)`.

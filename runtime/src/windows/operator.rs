@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{FnResult, UserError};
 use crate::functions::{
-    CheckpointListener, InitContext, KeyedContext, KeyedProcessFunction, TimeDomain,
+    CheckpointListener, InitContext, KeyedContext, KeyedProcessFunction, SnapshotContext,
+    TimeDomain,
 };
 use crate::state::keyed::{Key, MapState, MapStateDescriptor, ValueState, ValueStateDescriptor};
+use crate::state::operator::{OperatorListState, OperatorListStateDescriptor};
 use crate::state::ttl::TtlConfig;
 
 use super::aggregate::WindowAggregator;
@@ -63,11 +65,17 @@ impl WindowOptions {
 }
 
 /// A keyed window with an incremental aggregation.
+/// Operator list state holding [`WindowAggregator::state_layout`].
+const LAYOUT_STATE: &str = "window-aggregates";
+
 pub struct WindowOperator<K, In, A: WindowAggregator<K, In>> {
     opts: WindowOptions,
     agg: A,
     windows: Option<MapState<TimeWindow, A::Acc>>,
     counts: Option<ValueState<(u64, A::Acc)>>,
+    /// The aggregator's state layout and where it is kept (see
+    /// [`WindowAggregator::state_layout`]).
+    layout: Option<(OperatorListState<String>, String)>,
     _p: std::marker::PhantomData<fn(K, In)>,
 }
 
@@ -78,6 +86,7 @@ impl<K, In, A: WindowAggregator<K, In>> Clone for WindowOperator<K, In, A> {
             agg: self.agg.clone(),
             windows: self.windows.clone(),
             counts: self.counts.clone(),
+            layout: self.layout.clone(),
             _p: std::marker::PhantomData,
         }
     }
@@ -90,6 +99,7 @@ impl<K, In, A: WindowAggregator<K, In>> WindowOperator<K, In, A> {
             agg,
             windows: None,
             counts: None,
+            layout: None,
             _p: std::marker::PhantomData,
         }
     }
@@ -256,6 +266,20 @@ where
     A: WindowAggregator<K, In>,
 {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_, K>) -> FnResult {
+        if let Some(layout) = self.agg.state_layout() {
+            let st = ctx.list_state(&OperatorListStateDescriptor::union(LAYOUT_STATE))?;
+            // Union state: every subtask sees what all the old ones wrote.
+            let name = ctx.operator_name().to_string();
+            if let Some(old) = st.get(ctx.operator_state())?.iter().find(|l| **l != layout) {
+                return Err(UserError::msg(format!(
+                    "window '{name}': the restored window state was written for the aggregates \
+                     [{old}], and this job defines [{layout}]; accumulators cannot be carried \
+                     over to other aggregates. Keep the aggregates, or start this step without \
+                     its state (give it a new name and allow non-restored state)",
+                )));
+            }
+            self.layout = Some((st, layout));
+        }
         if let WindowAssigner::Count { .. } = self.opts.assigner {
             let mut d = ValueStateDescriptor::new("count-window");
             if let Some(t) = self.opts.state_ttl {
@@ -337,6 +361,13 @@ where
         }
         if !accepted {
             ctx.out.collect(WindowOutput::Late(value));
+        }
+        Ok(())
+    }
+
+    fn snapshot_state(&mut self, ctx: &mut SnapshotContext<'_>) -> FnResult {
+        if let Some((st, layout)) = &self.layout {
+            st.update(ctx.operator_state(), vec![layout.clone()])?;
         }
         Ok(())
     }
