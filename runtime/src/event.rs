@@ -63,8 +63,9 @@ pub struct Barrier {
 }
 
 impl Barrier {
-    /// Whether every input must deliver this barrier before the snapshot,
-    /// whatever the checkpointing mode. An unaligned snapshot is taken at the
+    /// Whether every input must deliver this barrier before the snapshot
+    /// even when checkpoints are unaligned (at-least-once mode stays as it
+    /// is: it promises no exactness to align for). An unaligned snapshot is taken at the
     /// first barrier, and what the other inputs still hold before theirs is
     /// processed afterwards: output from it goes out *after* the barrier, into
     /// the next checkpoint. For the final checkpoint and a draining stop there

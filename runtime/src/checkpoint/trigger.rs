@@ -1,6 +1,6 @@
 //! When to trigger the next periodic checkpoint (pure).
 
-use crate::config::CheckpointConfig;
+use crate::config::{CheckpointConfig, CheckpointMode};
 
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum TriggerDecision {
@@ -45,16 +45,26 @@ pub(crate) fn decide(
     }
 }
 
+/// Whether a newer barrier can overtake an older one inside a task: only
+/// when tasks do not block their inputs while aligning (unaligned and
+/// at-least-once modes). With aligned barriers every channel delivers them in
+/// order and a blocked channel holds the newer one back, so snapshots can
+/// overlap safely.
+pub(crate) fn barriers_can_overtake(cfg: &CheckpointConfig) -> bool {
+    cfg.unaligned || cfg.mode == CheckpointMode::AtLeastOnce
+}
+
 /// Whether a savepoint or the final checkpoint may start, with `pending`
-/// snapshots in progress: only when there are none. A task that does not
-/// block its inputs (unaligned and at-least-once modes) abandons a snapshot
-/// when the barrier of a newer one overtakes it on another input, and the
-/// abandoned one fails: a periodic checkpoint failed that way counts against
-/// the tolerable failures (0 by default, so the job would restart), and a
-/// savepoint failed that way is lost to whoever asked for it. So these wait
-/// for the snapshots in progress instead, at most for the checkpoint timeout.
-pub(crate) fn may_start_exclusive(pending: usize) -> bool {
-    pending == 0
+/// snapshots in progress. Where barriers can overtake (see
+/// [`barriers_can_overtake`]), only when there are none: a task abandons a
+/// snapshot when the barrier of a newer one overtakes it on another input,
+/// and the abandoned one fails. A periodic checkpoint failed that way counts
+/// against the tolerable failures (0 by default, so the job would restart),
+/// and a savepoint failed that way is lost to whoever asked for it. So these
+/// wait for the snapshots in progress instead, at most for the checkpoint
+/// timeout. With aligned barriers they start at once, as before.
+pub(crate) fn may_start_exclusive(overtaking: bool, pending: usize) -> bool {
+    !overtaking || pending == 0
 }
 
 #[cfg(test)]
@@ -141,10 +151,17 @@ mod tests {
     }
 
     #[test]
-    fn exclusive_snapshots_start_only_when_nothing_is_in_progress() {
-        assert!(may_start_exclusive(0));
-        for pending in 1..5 {
-            assert!(!may_start_exclusive(pending));
+    fn exclusive_snapshots_wait_only_where_barriers_can_overtake() {
+        for pending in 0..5 {
+            assert_eq!(may_start_exclusive(true, pending), pending == 0);
+            assert!(may_start_exclusive(false, pending));
         }
+        let mut c = cfg(10, 0, 1);
+        assert!(!barriers_can_overtake(&c));
+        c.unaligned = true;
+        assert!(barriers_can_overtake(&c));
+        c.unaligned = false;
+        c.mode = CheckpointMode::AtLeastOnce;
+        assert!(barriers_can_overtake(&c));
     }
 }

@@ -16,7 +16,9 @@ use crate::checkpoint::format::{
     FORMAT_NAME, FORMAT_VERSION, KeyedStateMeta, METADATA_FILE, OperatorMeta, SnapshotMetadata,
     SubtaskMeta,
 };
-use crate::checkpoint::trigger::{TriggerDecision, decide, may_start_exclusive};
+use crate::checkpoint::trigger::{
+    TriggerDecision, barriers_can_overtake, decide, may_start_exclusive,
+};
 use crate::checkpoint::{self, LoadedSnapshot};
 use crate::clock::system_now_ms;
 use crate::config::JobConfig;
@@ -649,8 +651,20 @@ impl Master {
                 .pending
                 .values()
                 .any(|p| matches!(p.kind, SnapshotKind::StopSavepoint { .. }));
-            let savepoint_active =
-                !run.queued.is_empty() || run.pending.values().any(|p| p.kind.is_savepoint());
+            // Where barriers can overtake, savepoints are exclusive (see
+            // `may_start_exclusive`); with aligned barriers, periodic
+            // checkpoints run beside them and only count themselves.
+            let overtaking = barriers_can_overtake(&self.config.checkpoint);
+            let savepoint_active = overtaking
+                && (!run.queued.is_empty() || run.pending.values().any(|p| p.kind.is_savepoint()));
+            let in_progress = if overtaking {
+                run.pending.len()
+            } else {
+                run.pending
+                    .values()
+                    .filter(|p| p.kind == SnapshotKind::Checkpoint)
+                    .count()
+            };
             if !run.final_triggered
                 && !stop_pending
                 && run.stopping.is_none()
@@ -662,7 +676,7 @@ impl Master {
                     run.started,
                     run.last_trigger,
                     run.last_end,
-                    run.pending.len(),
+                    in_progress,
                     savepoint_active,
                 ) {
                     TriggerDecision::Now => {
@@ -815,27 +829,29 @@ impl Master {
         run.final_triggered = true;
     }
 
-    /// Starts the final checkpoint or the next requested savepoint once no
-    /// snapshot is in progress. Not earlier: tasks that do not block their
-    /// inputs (unaligned and at-least-once modes) abandon a snapshot when a
-    /// newer barrier overtakes it, which would fail the checkpoint in
-    /// progress (counted against the tolerable failures) or the savepoint.
+    /// Starts the final checkpoint or the requested savepoints: at once with
+    /// aligned barriers; where barriers can overtake (unaligned and
+    /// at-least-once modes), one at a time and only when no snapshot is in
+    /// progress, since a task abandons a snapshot that a newer barrier
+    /// overtakes, which would fail the checkpoint in progress (counted
+    /// against the tolerable failures) or the savepoint.
     fn start_waiting(&mut self, run: &mut AttemptRun) {
-        if !may_start_exclusive(run.pending.len()) {
-            return;
-        }
-        if run.final_deferred {
-            run.final_deferred = false;
-            if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
-                tracing::warn!(error = %e, "final checkpoint could not be triggered; finishing without it");
-                self.send_finish(run);
+        let overtaking = barriers_can_overtake(&self.config.checkpoint);
+        while may_start_exclusive(overtaking, run.pending.len()) {
+            if run.final_deferred {
+                run.final_deferred = false;
+                if let Err(e) = self.trigger(run, SnapshotKind::Checkpoint, None, None, true) {
+                    tracing::warn!(error = %e, "final checkpoint could not be triggered; finishing without it");
+                    self.send_finish(run);
+                }
+                return;
             }
-            return;
-        }
-        if let Some(q) = run.queued.pop_front()
-            && let Err(e) = self.trigger(run, q.kind, Some(q.dir), Some(q.reply.clone()), false)
-        {
-            let _ = q.reply.send(Err(e));
+            let Some(q) = run.queued.pop_front() else {
+                return;
+            };
+            if let Err(e) = self.trigger(run, q.kind, Some(q.dir), Some(q.reply.clone()), false) {
+                let _ = q.reply.send(Err(e));
+            }
         }
     }
 
