@@ -797,15 +797,20 @@ fn keyed(
     let route = key.clone();
     d.key_by_routed(
         move |v: &Value| route.eval(v).unwrap_or(Value::Null),
-        move |v: &Value| match key.eval(v) {
-            Ok(k) => k,
-            Err(m) => {
-                dropped.record(&format!("{m}; using the null key"));
-                Value::Null
-            }
-        },
+        move |v: &Value| key_or_null(&key, v, &dropped),
     )
     .with_key_group(key_group_of)
+}
+
+/// The key of a record; one whose key fails gets the null key and is counted.
+fn key_or_null(key: &Expr, v: &Value, dropped: &Dropped) -> Value {
+    match key.eval(v) {
+        Ok(k) => k,
+        Err(m) => {
+            dropped.record(&format!("{m}; using the null key"));
+            Value::Null
+        }
+    }
 }
 
 /// Keys records by `key` for a keyed step that reads nothing of a record but
@@ -829,15 +834,9 @@ fn keys_only(
     dropped: Dropped,
 ) -> crate::graph::KeyedStream<Value, Value> {
     let restored = key.clone();
-    d.map_chained(move |v: Value| match key.eval(&v) {
-        Ok(k) => k,
-        Err(m) => {
-            dropped.record(&format!("{m}; using the null key"));
-            Value::Null
-        }
-    })
-    .key_by(move |v: &Value| carried_key(v, &restored))
-    .with_key_group(key_group_of)
+    d.map_chained(move |v: Value| key_or_null(&key, &v, &dropped))
+        .key_by(move |v: &Value| carried_key(v, &restored))
+        .with_key_group(key_group_of)
 }
 
 /// The key of an element of a [`keys_only`] edge: the element itself, or,
