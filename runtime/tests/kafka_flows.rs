@@ -9,16 +9,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::broker::broker_or_skip;
+use common::broker::{Broker, broker_or_skip};
 use common::{config, lock};
 use runnel_runtime::kafka::{
-    DeliveryGuarantee, KafkaSink, KafkaSinkConfig, KafkaSource, KafkaSourceConfig,
-    KafkaSourceMetrics, OffsetReset, StartPosition, TopicSelector, Utf8,
+    DeliveryGuarantee, KafkaSink, KafkaSinkConfig, KafkaSinkMetrics, KafkaSource,
+    KafkaSourceConfig, KafkaSourceMetrics, OffsetReset, StartPosition, TopicSelector, Utf8,
 };
 use runnel_runtime::sinks::CollectSink;
-use runnel_runtime::{JobConfig, RestoreSettings, StreamEnv};
+use runnel_runtime::{JobClient, JobConfig, RestoreSettings, StreamEnv};
 
 fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -59,12 +60,55 @@ fn source(
     (s, m)
 }
 
-fn eos_sink(bootstrap: &str, topic: &str, prefix: &str, job: &JobConfig) -> KafkaSink<String> {
+fn eos_sink(
+    bootstrap: &str,
+    topic: &str,
+    prefix: &str,
+    job: &JobConfig,
+) -> (KafkaSink<String>, Arc<KafkaSinkMetrics>) {
     let mut c = KafkaSinkConfig::new(bootstrap, topic, DeliveryGuarantee::ExactlyOnce);
     c.transactional_id_prefix = Some(prefix.into());
     c.transaction_timeout = Duration::from_secs(30);
     c.flush_timeout = Duration::from_secs(30);
-    KafkaSink::new(c, Utf8, job).expect("sink")
+    let s = KafkaSink::new(c, Utf8, job).expect("sink");
+    let m = s.metrics();
+    (s, m)
+}
+
+/// Waits until `test-out` holds `want` committed records; on timeout the
+/// panic says where the output stopped: what the source read, what the
+/// sink received and committed, and what the broker shows per partition
+/// under both isolation levels (a record the sink committed but no reader
+/// sees is the broker's; one never committed is the sink's).
+fn wait_for_output(
+    b: &Broker,
+    want: usize,
+    what: &str,
+    source: &KafkaSourceMetrics,
+    sink: &KafkaSinkMetrics,
+    client: &JobClient,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b.read_all("test-out", true).len() < want {
+        if Instant::now() > deadline {
+            let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::SeqCst);
+            let job = client.metrics().encode();
+            let checkpoints: Vec<&str> = job
+                .lines()
+                .filter(|l| l.starts_with("runnel_checkpoints_"))
+                .collect();
+            panic!(
+                "timed out waiting for {what}: source read {}; sink received {}, committed {} \
+                 in {} transactions; {}; job: {checkpoints:?}",
+                source.records.load(Ordering::SeqCst),
+                ld(&sink.records),
+                ld(&sink.records_committed),
+                ld(&sink.transactions_committed),
+                b.describe("test-out"),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
@@ -94,18 +138,12 @@ fn seed_000_savepoint_cancel_produce_resume() {
         group_offsets.clone(),
         &job,
     );
+    let (sink, s1) = eos_sink(&b.bootstrap, "test-out", "seed-000", &job);
     env.add_source("kafka-source", src)
         .map(|s: String| format!("out:{s}"))
-        .sink(
-            "kafka-sink",
-            eos_sink(&b.bootstrap, "test-out", "seed-000", &job),
-        );
+        .sink("kafka-sink", sink);
     let client = env.execute_async().unwrap();
-    wait_until(
-        "run 1 to commit 800 records",
-        Duration::from_secs(60),
-        || b.read_all("test-out", true).len() >= 800,
-    );
+    wait_for_output(&b, 800, "run 1 to commit 800 records", &m1, &s1, &client);
     let sp = client
         .trigger_savepoint(&common::file_uri(sp_dir.path()))
         .expect("savepoint");
@@ -148,17 +186,18 @@ fn seed_000_savepoint_cancel_produce_resume() {
     let env = StreamEnv::new(cfg);
     let job = env.config().clone();
     let (src, m2) = source(&b.bootstrap, "test-topic", "seed-000", group_offsets, &job);
+    let (sink, s2) = eos_sink(&b.bootstrap, "test-out", "seed-000", &job);
     env.add_source("kafka-source", src)
         .map(|s: String| format!("out:{s}"))
-        .sink(
-            "kafka-sink",
-            eos_sink(&b.bootstrap, "test-out", "seed-000", &job),
-        );
+        .sink("kafka-sink", sink);
     let client = env.execute_async().unwrap();
-    wait_until(
+    wait_for_output(
+        &b,
+        1200,
         "run 2 to commit 1200 records in all",
-        Duration::from_secs(60),
-        || b.read_all("test-out", true).len() >= 1200,
+        &m2,
+        &s2,
+        &client,
     );
     // Offsets restored per partition: each of the 8 partitions at 100.
     let restored = restored_offsets(&m2.start_lines());
@@ -171,7 +210,7 @@ fn seed_000_savepoint_cancel_produce_resume() {
     );
     // Run 2 read exactly the 400 new records: nothing re-read.
     assert_eq!(
-        m2.records.load(std::sync::atomic::Ordering::SeqCst),
+        m2.records.load(Ordering::SeqCst),
         400,
         "records read after resuming"
     );

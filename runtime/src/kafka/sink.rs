@@ -45,6 +45,10 @@ type FaultHook = Arc<dyn Fn(SinkFaultPoint) + Send + Sync>;
 pub struct KafkaSinkMetrics {
     pub records: AtomicU64,
     pub transactions_committed: AtomicU64,
+    /// Records in committed transactions (commits after checkpoints; what
+    /// recovery writes is `recovered_produced`). With `records` it tells a
+    /// sink that never committed its input apart from output the broker lost.
+    pub records_committed: AtomicU64,
     /// Records of recovered epochs that were already visible after a crash.
     pub recovered_visible: AtomicU64,
     /// Records of recovered epochs that had to be written again.
@@ -621,6 +625,9 @@ impl<T> CheckpointListener for KafkaSink<T> {
         self.metrics
             .transactions_committed
             .fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .records_committed
+            .fetch_add(n, Ordering::Relaxed);
         tracing::debug!(
             subtask = rt.subtask,
             checkpoint_id,

@@ -371,6 +371,38 @@ impl Broker {
         }
     }
 
+    /// Per partition: records visible to read_committed and to
+    /// read_uncommitted readers (with the highest offset each saw) and the
+    /// broker's end offset. For failure messages: it tells output that was
+    /// never written apart from output held back by an open transaction.
+    pub fn describe(&self, topic: &str) -> String {
+        let seen = |committed: bool| {
+            let mut m: BTreeMap<i32, (usize, i64)> = BTreeMap::new();
+            for r in self.read_all(topic, committed) {
+                let e = m.entry(r.partition).or_insert((0, -1));
+                e.0 += 1;
+                e.1 = e.1.max(r.offset);
+            }
+            m
+        };
+        let (c, u) = (seen(true), seen(false));
+        let ends = self.end_offsets(topic);
+        let total = |m: &BTreeMap<i32, (usize, i64)>| m.values().map(|v| v.0).sum::<usize>();
+        let mut out = format!(
+            "{topic}: {} records read_committed, {} read_uncommitted; per partition \
+             (count/highest offset committed, uncommitted, end offset):",
+            total(&c),
+            total(&u)
+        );
+        for (p, end) in ends {
+            let (cc, co) = c.get(&p).copied().unwrap_or((0, -1));
+            let (uc, uo) = u.get(&p).copied().unwrap_or((0, -1));
+            out.push_str(&format!(" {p}: {cc}/{co}, {uc}/{uo}, {end};"));
+        }
+        out.pop();
+        out
+    }
+
     /// The group's committed offsets for a topic's partitions.
     pub fn committed(&self, group: &str, topic: &str) -> BTreeMap<i32, i64> {
         let c: BaseConsumer = self
