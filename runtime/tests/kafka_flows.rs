@@ -97,14 +97,26 @@ fn wait_for_output(
                 .lines()
                 .filter(|l| l.starts_with("runnel_checkpoints_"))
                 .collect();
+            let mut seen: Vec<String> = b
+                .read_all("test-out", false)
+                .iter()
+                .map(|r| r.text())
+                .collect();
+            seen.sort();
+            let missing: Vec<usize> = (0..want)
+                .filter(|i| seen.binary_search(&format!("out:m-{i}")).is_err())
+                .collect();
             panic!(
                 "timed out waiting for {what}: source read {}; sink received {}, committed {} \
-                 in {} transactions; {}; job: {checkpoints:?}",
+                 in {} transactions; {}; {} values missing: {:?}..{:?}; job: {checkpoints:?}",
                 source.records.load(Ordering::SeqCst),
                 ld(&sink.records),
                 ld(&sink.records_committed),
                 ld(&sink.transactions_committed),
                 b.describe("test-out"),
+                missing.len(),
+                missing.first(),
+                missing.last(),
             );
         }
         std::thread::sleep(Duration::from_millis(50));

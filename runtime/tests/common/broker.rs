@@ -386,6 +386,21 @@ impl Broker {
             m
         };
         let (c, u) = (seen(true), seen(false));
+        // Runs of two or more offsets that no read_uncommitted reader gets
+        // (a single one is a transaction marker).
+        let mut offsets: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for r in self.read_all(topic, false) {
+            offsets.entry(r.partition).or_default().push(r.offset);
+        }
+        let mut gaps = Vec::new();
+        for (p, mut os) in offsets {
+            os.sort();
+            for w in os.windows(2) {
+                if w[1] - w[0] > 2 {
+                    gaps.push(format!("{p}: {}..{}", w[0] + 1, w[1] - 1));
+                }
+            }
+        }
         let ends = self.end_offsets(topic);
         let total = |m: &BTreeMap<i32, (usize, i64)>| m.values().map(|v| v.0).sum::<usize>();
         let mut out = format!(
@@ -400,6 +415,7 @@ impl Broker {
             out.push_str(&format!(" {p}: {cc}/{co}, {uc}/{uo}, {end};"));
         }
         out.pop();
+        out.push_str(&format!("; unread offset runs: {gaps:?}"));
         out
     }
 
