@@ -87,6 +87,7 @@ fn wait_for_output(
     source: &KafkaSourceMetrics,
     sink: &KafkaSinkMetrics,
     client: &JobClient,
+    before: &str,
 ) {
     let deadline = Instant::now() + Duration::from_secs(60);
     while b.read_all("test-out", true).len() < want {
@@ -108,7 +109,8 @@ fn wait_for_output(
                 .collect();
             panic!(
                 "timed out waiting for {what}: source read {}; sink received {}, committed {} \
-                 in {} transactions; {}; {} values missing: {:?}..{:?}; job: {checkpoints:?}",
+                 in {} transactions; {}; {} values missing: {:?}..{:?}; job: {checkpoints:?}; \
+                 {before}",
                 source.records.load(Ordering::SeqCst),
                 ld(&sink.records),
                 ld(&sink.records_committed),
@@ -155,7 +157,24 @@ fn seed_000_savepoint_cancel_produce_resume() {
         .map(|s: String| format!("out:{s}"))
         .sink("kafka-sink", sink);
     let client = env.execute_async().unwrap();
-    wait_for_output(&b, 800, "run 1 to commit 800 records", &m1, &s1, &client);
+    wait_for_output(
+        &b,
+        800,
+        "run 1 to commit 800 records",
+        &m1,
+        &s1,
+        &client,
+        "",
+    );
+    let after_run1 = {
+        let out = b.read_all("test-out", true);
+        let distinct: std::collections::BTreeSet<String> = out.iter().map(|r| r.text()).collect();
+        format!(
+            "when run 1 had committed 800: {} records, {} distinct",
+            out.len(),
+            distinct.len()
+        )
+    };
     let sp = client
         .trigger_savepoint(&common::file_uri(sp_dir.path()))
         .expect("savepoint");
@@ -210,6 +229,7 @@ fn seed_000_savepoint_cancel_produce_resume() {
         &m2,
         &s2,
         &client,
+        &after_run1,
     );
     // Offsets restored per partition: each of the 8 partitions at 100.
     let restored = restored_offsets(&m2.start_lines());

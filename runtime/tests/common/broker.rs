@@ -393,6 +393,7 @@ impl Broker {
             offsets.entry(r.partition).or_default().push(r.offset);
         }
         let mut gaps = Vec::new();
+        let mut ranges = Vec::new();
         for (p, mut os) in offsets {
             os.sort();
             for w in os.windows(2) {
@@ -400,6 +401,18 @@ impl Broker {
                     gaps.push(format!("{p}: {}..{}", w[0] + 1, w[1] - 1));
                 }
             }
+            // The offsets read, as runs ("0-99 101-150"), and any read twice.
+            let mut runs: Vec<(i64, i64)> = Vec::new();
+            let mut twice = 0;
+            for o in os {
+                match runs.last_mut() {
+                    Some((_, end)) if o == *end => twice += 1,
+                    Some((_, end)) if o == *end + 1 => *end = o,
+                    _ => runs.push((o, o)),
+                }
+            }
+            let runs: Vec<String> = runs.iter().map(|(a, b)| format!("{a}-{b}")).collect();
+            ranges.push(format!("{p}: [{}] {twice} read twice", runs.join(" ")));
         }
         let ends = self.end_offsets(topic);
         let total = |m: &BTreeMap<i32, (usize, i64)>| m.values().map(|v| v.0).sum::<usize>();
@@ -415,7 +428,9 @@ impl Broker {
             out.push_str(&format!(" {p}: {cc}/{co}, {uc}/{uo}, {end};"));
         }
         out.pop();
-        out.push_str(&format!("; unread offset runs: {gaps:?}"));
+        out.push_str(&format!(
+            "; unread offset runs: {gaps:?}; offsets read: {ranges:?}"
+        ));
         out
     }
 
