@@ -282,8 +282,9 @@ fn a_fenced_producer_cannot_commit() {
     assert_eq!(values(&b, "fenced", true), all);
 }
 
-/// Reads `topic` partition 0 from the beginning and returns what it read and
-/// whether it reached end-of-partition at the log end within `wait`.
+/// Reads `topic` partition 0 from offset 0 and returns what it read and
+/// whether it reached end-of-partition at the log end within `wait`. From 0,
+/// not "beginning": see `Broker::read_all` for what nisshi answers there.
 fn read_until(b: &Broker, topic: &str, committed: bool, wait: Duration) -> (Vec<String>, bool) {
     let c: BaseConsumer = b
         .client_config()
@@ -298,10 +299,11 @@ fn read_until(b: &Broker, topic: &str, committed: bool, wait: Duration) -> (Vec<
             },
         )
         .set("enable.partition.eof", "true")
+        .set("auto.offset.reset", "earliest")
         .create()
         .expect("consumer");
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    tpl.add_partition_offset(topic, 0, Offset::Offset(0))
         .expect("tpl");
     c.assign(&tpl).expect("assign");
     let end = b.end_offsets(topic)[&0];
