@@ -64,10 +64,10 @@ impl WindowOptions {
     }
 }
 
-/// A keyed window with an incremental aggregation.
 /// Operator list state holding [`WindowAggregator::state_layout`].
 const LAYOUT_STATE: &str = "window-aggregates";
 
+/// A keyed window with an incremental aggregation.
 pub struct WindowOperator<K, In, A: WindowAggregator<K, In>> {
     opts: WindowOptions,
     agg: A,

@@ -392,6 +392,17 @@ impl Broker {
         }
     }
 
+    /// The values of a whole topic as text, sorted (see [`Broker::read_all`]).
+    pub fn read_texts(&self, topic: &str, read_committed: bool) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .read_all(topic, read_committed)
+            .iter()
+            .map(|r| r.text())
+            .collect();
+        v.sort();
+        v
+    }
+
     /// Per partition: records visible to read_committed and to
     /// read_uncommitted readers (with the highest offset each saw) and the
     /// broker's end offset. For failure messages: it tells output that was
