@@ -18,6 +18,7 @@ use crate::windows::{TimeWindow, WindowAggregator};
 
 use super::expr::Expr;
 use super::record::Record;
+use super::typed::{CountsAggregator, DeclKey};
 use super::value::Value;
 
 /// The accumulator of one aggregate. Values are boxed (the serde form is
@@ -257,7 +258,18 @@ impl RecordAggregator {
     }
 }
 
-impl WindowAggregator<Value, Value> for RecordAggregator {
+impl RecordAggregator {
+    /// The typed aggregator of the same aggregates, when all are field-less
+    /// counts (see `typed`).
+    pub fn counts(&self) -> CountsAggregator {
+        CountsAggregator {
+            names: self.defs.iter().map(|d| d.name.clone()).collect(),
+            layout: WindowAggregator::<Value, Value>::state_layout(self).unwrap_or_default(),
+        }
+    }
+}
+
+impl<K: DeclKey> WindowAggregator<K, Value> for RecordAggregator {
     type Acc = Accs;
     type Out = Value;
 
@@ -312,9 +324,9 @@ impl WindowAggregator<Value, Value> for RecordAggregator {
         )
     }
 
-    fn result(&self, key: &Value, window: Option<TimeWindow>, acc: &Accs) -> FnResult<Value> {
+    fn result(&self, key: &K, window: Option<TimeWindow>, acc: &Accs) -> FnResult<Value> {
         let mut out = Record::with_capacity(self.defs.len() + 3);
-        out.insert(WINDOW_KEY_FIELD, key.clone());
+        out.insert(WINDOW_KEY_FIELD, key.to_value());
         if let Some(w) = window {
             out.insert(WINDOW_START_FIELD, Value::Int(w.start));
             out.insert(WINDOW_END_FIELD, Value::Int(w.end));

@@ -33,12 +33,17 @@ use super::generator::{ElementsSource, GeneratorSourceFn};
 use super::record::{Record, SmolStr};
 use super::registry::{ConnectorRegistry, OperatorContext, OperatorInput};
 use super::sinks::{FileSink, StdoutSink};
-use super::value::{Value, key_group_of};
+use super::typed::{CompactKey, DeclKey};
+use super::value::Value;
 
 /// A job built from a spec, ready to run.
 pub struct BuiltJob {
     env: StreamEnv,
     pub name: String,
+    /// The physical choices the builder made where the spec let it (typed
+    /// keys and accumulators, projection into a source), one line each, as
+    /// an EXPLAIN would list them. Logged when the job is built.
+    pub plan: Vec<String>,
 }
 
 impl BuiltJob {
@@ -94,12 +99,18 @@ pub fn build_at(
         root: Path::root(root),
         errors: Vec::new(),
         metrics: env.metrics().clone(),
+        projected: false,
+        plan: Vec::new(),
     };
     b.graph(&env);
     if b.errors.is_empty() {
+        for line in &b.plan {
+            tracing::info!(job = %spec.name, "plan: {line}");
+        }
         Ok(BuiltJob {
             env,
             name: spec.name.clone(),
+            plan: b.plan,
         })
     } else {
         Err(b.errors)
@@ -117,6 +128,11 @@ struct Builder<'a> {
     errors: Vec<SpecError>,
     /// The job's metrics, for the error counters of its steps.
     metrics: Arc<JobMetrics>,
+    /// The source emits keys instead of records, for the window that is the
+    /// job's second step (see [`key_projection`]); taken by that window.
+    projected: bool,
+    /// See [`BuiltJob::plan`].
+    plan: Vec<String>,
 }
 
 fn ms(d: &runnel_spec::DurationSpec) -> u64 {
@@ -382,7 +398,18 @@ impl Builder<'_> {
                 Some(st)
             });
             let mut ds = if let Some(g) = &s.generator {
-                Some(env.add_source_with_watermarks(&s.name, GeneratorSourceFn::new(g), wm))
+                let mut f = GeneratorSourceFn::new(g);
+                if let Some(field) = key_projection(spec)
+                    && let Some(only) = f.clone().field_only(&field)
+                {
+                    f = only;
+                    self.projected = true;
+                    self.plan.push(format!(
+                        "source '{}' emits field '{field}' alone (its only reader is the next window's key)",
+                        s.name
+                    ));
+                }
+                Some(env.add_source_with_watermarks(&s.name, f, wm))
             } else if let Some(els) = &s.elements {
                 let items: Vec<Value> = els.iter().map(|e| Value::from_json(&e.0)).collect();
                 Some(env.add_source_with_watermarks(&s.name, ElementsSource::new(items), wm))
@@ -413,9 +440,16 @@ impl Builder<'_> {
                 fields
             } else {
                 match (known, fields) {
-                    (Some(a), Some(b)) => {
-                        Some(a.into_iter().filter(|(k, _)| b.contains_key(k)).collect())
-                    }
+                    // A field in every source, with a type only where all
+                    // agree: typed execution relies on it (`typed`).
+                    (Some(a), Some(b)) => Some(
+                        a.into_iter()
+                            .filter_map(|(k, t)| {
+                                let other = b.get(&k)?;
+                                Some((k, if *other == t { t } else { None }))
+                            })
+                            .collect(),
+                    ),
                     _ => None,
                 }
             };
@@ -709,22 +743,50 @@ impl Builder<'_> {
             let ok = defs.len() == w.aggregates.len();
             let out = match (stream, key_by, ok) {
                 (Some(d), Some(key), true) => {
+                    let key_type = Self::field_type(&key, &known);
                     // A window that reads nothing of its records but their
                     // key (only field-less counts, late records not kept)
                     // gets the key alone; see `keys_only`.
-                    let scalar_key = Self::field_type(&key, &known).is_some_and(|t| t != "map");
-                    let fieldless = defs.iter().all(|d| d.of.is_none()) && w.late_output.is_none();
-                    let keyed = if scalar_key && fieldless {
-                        keys_only(d, key, self.dropped(uid))
-                    } else {
-                        keyed(d, key, self.dropped(uid))
+                    let counts_only = defs
+                        .iter()
+                        .all(|d| d.op == runnel_spec::AggregateOp::Count && d.of.is_none());
+                    let keys_only = key_type.is_some_and(|t| t != "map")
+                        && counts_only
+                        && w.late_output.is_none();
+                    let shape = WindowShape {
+                        keys_only,
+                        projected: std::mem::take(&mut self.projected) && keys_only,
+                        uid,
+                        opts,
+                        dropped: self.dropped(uid),
                     };
                     let agg = RecordAggregator {
                         defs: defs.into(),
                         skipped: self.metrics.record_errors(uid, SKIPPED_VALUE),
                         step: uid.into(),
                     };
-                    let out = windows::window(keyed, uid, opts, agg);
+                    // Typed forms where the spec tells the types (`typed`).
+                    let int_key = key_type == Some("int");
+                    self.plan.push(format!(
+                        "window '{uid}': {} keys, {} accumulators{}",
+                        if int_key {
+                            "integer (compact)"
+                        } else {
+                            "dynamic"
+                        },
+                        if counts_only { "count" } else { "dynamic" },
+                        match (shape.keys_only, shape.projected) {
+                            (true, true) => ", keys only, from the source",
+                            (true, false) => ", keys only",
+                            _ => "",
+                        }
+                    ));
+                    let out = match (int_key, counts_only) {
+                        (true, true) => shape.build::<CompactKey, _>(d, key, agg.counts()),
+                        (true, false) => shape.build::<CompactKey, _>(d, key, agg),
+                        (false, true) => shape.build::<Value, _>(d, key, agg.counts()),
+                        (false, false) => shape.build::<Value, _>(d, key, agg),
+                    };
                     if let Some(name) = &w.late_output {
                         side.insert(name.clone(), out.late);
                     }
@@ -740,7 +802,7 @@ impl Builder<'_> {
                 (Some(s), Some(e)) => {
                     let ttl = Duration::from_millis(ms(&d.ttl));
                     Some(set_par(
-                        keyed(s, e, self.dropped(uid)).process(uid, Dedup::new(ttl)),
+                        keyed::<Value>(s, e, self.dropped(uid)).process(uid, Dedup::new(ttl)),
                     ))
                 }
                 _ => None,
@@ -764,7 +826,7 @@ impl Builder<'_> {
             let out = match stream {
                 Some(d) => {
                     let input = match key_by {
-                        Some(k) => OperatorInput::Keyed(keyed(d, k, self.dropped(uid))),
+                        Some(k) => OperatorInput::Keyed(keyed::<Value>(d, k, self.dropped(uid))),
                         None => OperatorInput::Stream(d),
                     };
                     let ctx = OperatorContext {
@@ -789,17 +851,45 @@ impl Builder<'_> {
 
 /// Keys records by `key`; a record whose key fails gets the null key and is
 /// counted once (the key is computed again to route it, without counting).
-fn keyed(
+fn keyed<K: DeclKey + From<Value>>(
     d: DataStream<Value>,
     key: Expr,
     dropped: Dropped,
-) -> crate::graph::KeyedStream<Value, Value> {
+) -> crate::graph::KeyedStream<K, Value> {
     let route = key.clone();
     d.key_by_routed(
-        move |v: &Value| route.eval(v).unwrap_or(Value::Null),
-        move |v: &Value| key_or_null(&key, v, &dropped),
+        move |v: &Value| K::from(route.eval(v).unwrap_or(Value::Null)),
+        move |v: &Value| K::from(key_or_null(&key, v, &dropped)),
     )
-    .with_key_group(key_group_of)
+    .with_key_group(K::key_group)
+}
+
+/// How a window step is keyed and named, for building it with a key type
+/// and an aggregator chosen from what the spec tells (see `typed`).
+struct WindowShape<'a> {
+    /// Whether the window reads nothing of a record but its key (see
+    /// [`keys_only`]).
+    keys_only: bool,
+    /// Whether its input is keys already (see [`key_projection`]).
+    projected: bool,
+    uid: &'a str,
+    opts: WindowOptions,
+    dropped: Dropped,
+}
+
+impl WindowShape<'_> {
+    fn build<K, A>(self, d: DataStream<Value>, key: Expr, agg: A) -> windows::Windowed<Value, Value>
+    where
+        K: DeclKey + From<Value>,
+        A: windows::WindowAggregator<K, Value, Out = Value>,
+    {
+        let keyed = if self.keys_only {
+            keys_only::<K>(d, key, self.dropped, self.projected)
+        } else {
+            keyed::<K>(d, key, self.dropped)
+        };
+        windows::window(keyed, self.uid, self.opts, agg)
+    }
 }
 
 /// The key of a record; one whose key fails gets the null key and is counted.
@@ -828,15 +918,64 @@ fn key_or_null(key: &Expr, v: &Value, dropped: &Dropped) -> Value {
 /// this carries whole records there: [`carried_key`] recognises them (the
 /// caller only takes this path when the key's type is known and not a map,
 /// and records are maps) and computes their key as before.
-fn keys_only(
+///
+/// `projected`: the source emits keys already ([`key_projection`]).
+fn keys_only<K: DeclKey + From<Value>>(
     d: DataStream<Value>,
     key: Expr,
     dropped: Dropped,
-) -> crate::graph::KeyedStream<Value, Value> {
+    projected: bool,
+) -> crate::graph::KeyedStream<K, Value> {
     let restored = key.clone();
-    d.map_chained(move |v: Value| key_or_null(&key, &v, &dropped))
-        .key_by(move |v: &Value| carried_key(v, &restored))
-        .with_key_group(key_group_of)
+    let keys = if projected {
+        d
+    } else {
+        d.map_chained(move |v: Value| key_or_null(&key, &v, &dropped))
+    };
+    keys.key_by(move |v: &Value| K::from(carried_key(v, &restored)))
+        .with_key_group(K::key_group)
+}
+
+/// Projection pushdown into the source: the generated field that a job's
+/// only source can emit in place of whole records, because all that reads
+/// them is a window that needs their key alone (the [`keys_only`] case), the
+/// key is that field, and no timestamp expression reads the records first.
+/// The job's output is the same either way; the source only skips building
+/// records whose every other field would be dropped unread.
+fn key_projection(spec: &JobSpec) -> Option<String> {
+    let [source] = spec.sources.as_slice() else {
+        return None;
+    };
+    let g = source.generator.as_ref()?;
+    if source
+        .watermark
+        .as_ref()
+        .is_some_and(|w| w.timestamp.is_some())
+    {
+        return None;
+    }
+    let [by, window, ..] = spec.steps.as_slice() else {
+        return None;
+    };
+    let key = Expr::compile(by.key_by.as_deref()?).ok()?;
+    let w = window.window.as_ref()?;
+    let counts_only = w
+        .aggregates
+        .values()
+        .all(|a| a.op == runnel_spec::AggregateOp::Count && a.of.is_none());
+    if w.late_output.is_some() || !counts_only {
+        return None;
+    }
+    let field = match key.fields()?.as_slice() {
+        [f] if key.source() == f => f.clone(),
+        _ => return None,
+    };
+    // The key's type must be known and not a map (what `keys_only` needs).
+    let known = Builder::source_fields(source)?;
+    match known.get(&field)? {
+        Some(t) if *t != "map" && g.fields.contains_key(&field) => Some(field),
+        _ => None,
+    }
 }
 
 /// The key of an element of a [`keys_only`] edge: the element itself, or,
@@ -883,6 +1022,116 @@ mod keys_only_tests {
         assert_eq!(
             carried_key(&record([("x", Value::Int(1))]), &key),
             Value::Null
+        );
+    }
+
+    fn projection(sources: &str, steps: &str) -> Option<String> {
+        let yaml = format!(
+            "version: 1\nname: p\nsources:\n{sources}\nsteps:\n{steps}\nsinks:\n  - name: out\n    stdout: {{}}\n"
+        );
+        let spec = runnel_spec::load_yaml(&yaml).unwrap();
+        key_projection(&spec)
+    }
+
+    const GENERATOR: &str = "  - name: g\n    generator: { count: 10, keys: 3, eventTime: { stepMs: 1 }, fields: { k: { key: {} }, u: { key: { prefix: u } }, v: { sequence: {} }, m: { constant: { value: { a: 1 } } } } }\n    watermark: {}";
+    const COUNT: &str = "  - window: { type: tumbling, size: 1s, aggregates: { n: { op: count }, m2: { op: count } } }";
+
+    /// The source emits keys only when nothing but the key is read.
+    #[test]
+    fn keys_are_projected_into_the_source_only_when_nothing_else_is_read() {
+        let by = |k: &str| format!("  - keyBy: \"{k}\"\n{COUNT}");
+        assert_eq!(projection(GENERATOR, &by("k")), Some("k".into()));
+        assert_eq!(
+            projection(GENERATOR, &by("u")),
+            Some("u".into()),
+            "string keys too"
+        );
+        assert_eq!(
+            projection(GENERATOR, &format!("{}\n  - filter: \"n > 1\"", by("k"))),
+            Some("k".into()),
+            "steps after the window"
+        );
+        // What reads more than the key, or is not a generated scalar field.
+        assert_eq!(projection(GENERATOR, &by("m")), None, "a map key");
+        assert_eq!(projection(GENERATOR, &by("k + 1")), None, "an expression");
+        assert_eq!(
+            projection(GENERATOR, &by("record.k")),
+            None,
+            "not the plain name"
+        );
+        assert_eq!(projection(GENERATOR, &by("missing")), None, "not generated");
+        assert_eq!(
+            projection(
+                GENERATOR,
+                "  - keyBy: \"k\"\n  - window: { type: tumbling, size: 1s, aggregates: { n: { op: count }, s: { op: sum, of: v } } }"
+            ),
+            None,
+            "a sum reads the record"
+        );
+        assert_eq!(
+            projection(
+                GENERATOR,
+                "  - keyBy: \"k\"\n  - window: { type: tumbling, size: 1s, lateOutput: late, aggregates: { n: { op: count } } }"
+            ),
+            None,
+            "late records go out whole"
+        );
+        assert_eq!(
+            projection(GENERATOR, &format!("  - filter: \"v > 1\"\n{}", by("k"))),
+            None,
+            "a step first"
+        );
+        assert_eq!(
+            projection(
+                GENERATOR,
+                "  - keyBy: \"k\"\n  - operator: { name: custom }"
+            ),
+            None,
+            "not a window"
+        );
+        let with_ts = GENERATOR.replace("watermark: {}", "watermark: { timestamp: \"v\" }");
+        assert_eq!(
+            projection(&with_ts, &by("k")),
+            None,
+            "a timestamp expression reads the record"
+        );
+        let two = format!("{GENERATOR}\n{}", GENERATOR.replace("name: g", "name: h"));
+        assert_eq!(projection(&two, &by("k")), None, "two sources");
+        let elements = "  - name: e\n    elements: [ { k: 1 } ]";
+        let processing = by("k").replace("size: 1s,", "size: 1s, time: processing,");
+        assert_eq!(projection(elements, &processing), None, "not a generator");
+        assert_eq!(
+            projection(
+                &GENERATOR.replace("name: g", "name: g\n    parallelism: 2"),
+                &processing
+            ),
+            Some("k".into()),
+            "at any parallelism, in any time domain"
+        );
+    }
+
+    /// Two sources whose key fields have different types give a key of
+    /// unknown type: dynamic keys, not compact integers.
+    #[test]
+    fn keys_are_typed_only_when_every_source_agrees() {
+        let plan = |second_key: &str| {
+            let yaml = format!(
+                "version: 1\nname: p\nsources:\n{GENERATOR}\n{}\nsteps:\n  - keyBy: \"k\"\n{COUNT}\nsinks:\n  - name: out\n    stdout: {{}}\n",
+                GENERATOR
+                    .replace("name: g", "name: h")
+                    .replace("k: { key: {} }", second_key)
+            );
+            crate::declarative::load_and_build(&yaml, &ConnectorRegistry::new())
+                .unwrap()
+                .plan
+        };
+        assert_eq!(
+            plan("k: { sequence: {} }"),
+            ["window 'window-1': integer (compact) keys, count accumulators, keys only"]
+        );
+        assert_eq!(
+            plan("k: { key: { prefix: x } }"),
+            ["window 'window-1': dynamic keys, count accumulators"]
         );
     }
 }

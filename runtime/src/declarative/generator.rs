@@ -109,38 +109,55 @@ impl RecordGenerator {
     pub fn record(&self, i: u64) -> Value {
         let mut m = Record::with_capacity(self.fields.len());
         for (name, f) in &self.fields {
-            let v = match f {
-                Field::Key { prefix: None } => Value::Int((i % self.keys) as i64),
-                Field::Key { prefix: Some(p) } => Value::String(format!("{p}{}", i % self.keys)),
-                Field::Sequence {
-                    start,
-                    step,
-                    modulo,
-                } => {
-                    let x = start.wrapping_add((i as i64).wrapping_mul(*step));
-                    Value::Int(match modulo {
-                        Some(m) if *m > 0 => x.rem_euclid(*m),
-                        _ => x,
-                    })
-                }
-                Field::Random { min, span, seed } => {
-                    Value::Int(min.wrapping_add((mix(*seed, i) % span) as i64))
-                }
-                Field::Choice { values, seed } => {
-                    if values.is_empty() {
-                        Value::Null
-                    } else {
-                        values[(mix(*seed, i) % values.len() as u64) as usize].clone()
-                    }
-                }
-                Field::Constant(v) => v.clone(),
-                Field::Timestamp { start, step } => {
-                    Value::Int(start.wrapping_add((i as i64).wrapping_mul(*step)))
-                }
-            };
-            m.insert(name.clone(), v);
+            m.push_in_order(name.clone(), self.value(f, i));
         }
         Value::Map(m)
+    }
+
+    /// The index of a generated field, for [`GeneratorSourceFn::field_only`].
+    pub fn field_index(&self, name: &str) -> Option<usize> {
+        self.fields.iter().position(|(n, _)| n == name)
+    }
+
+    /// Field `field` (an index from [`Self::field_index`]) of record i:
+    /// exactly the value `record(i)` has there.
+    pub fn field(&self, field: usize, i: u64) -> Value {
+        match self.fields.get(field) {
+            Some((_, f)) => self.value(f, i),
+            None => Value::Null,
+        }
+    }
+
+    fn value(&self, f: &Field, i: u64) -> Value {
+        match f {
+            Field::Key { prefix: None } => Value::Int((i % self.keys) as i64),
+            Field::Key { prefix: Some(p) } => Value::String(format!("{p}{}", i % self.keys)),
+            Field::Sequence {
+                start,
+                step,
+                modulo,
+            } => {
+                let x = start.wrapping_add((i as i64).wrapping_mul(*step));
+                Value::Int(match modulo {
+                    Some(m) if *m > 0 => x.rem_euclid(*m),
+                    _ => x,
+                })
+            }
+            Field::Random { min, span, seed } => {
+                Value::Int(min.wrapping_add((mix(*seed, i) % span) as i64))
+            }
+            Field::Choice { values, seed } => {
+                if values.is_empty() {
+                    Value::Null
+                } else {
+                    values[(mix(*seed, i) % values.len() as u64) as usize].clone()
+                }
+            }
+            Field::Constant(v) => v.clone(),
+            Field::Timestamp { start, step } => {
+                Value::Int(start.wrapping_add((i as i64).wrapping_mul(*step)))
+            }
+        }
     }
 
     pub fn timestamp(&self, i: u64) -> Option<i64> {
@@ -165,11 +182,15 @@ pub struct GeneratorSourceFn {
     s: u32,
     started: Option<(Instant, u64)>,
     state: Option<OperatorListState<Position>>,
+    /// Emit this field's value instead of the record (see
+    /// [`GeneratorSourceFn::field_only`]).
+    only: Option<usize>,
 }
 
 impl GeneratorSourceFn {
     pub fn new(spec: &GeneratorSpec) -> Self {
         GeneratorSourceFn {
+            only: None,
             generator: Arc::new(RecordGenerator::new(spec)),
             count: spec.count,
             rate_per_subtask: None,
@@ -180,6 +201,19 @@ impl GeneratorSourceFn {
             started: None,
             state: None,
         }
+    }
+}
+
+impl GeneratorSourceFn {
+    /// Emits the value of generated field `name` instead of each whole
+    /// record: projection pushdown for a consumer that reads that field
+    /// alone (the key of a keys-only window, see the builder). Same records
+    /// in the same order with the same timestamps and checkpointed position,
+    /// only without building and dropping the rest. `None` if the generator
+    /// has no such field.
+    pub fn field_only(mut self, name: &str) -> Option<Self> {
+        self.only = Some(self.generator.field_index(name)?);
+        Some(self)
     }
 }
 
@@ -227,7 +261,10 @@ impl SourceFunction<Value> for GeneratorSourceFn {
             if self.count.is_some_and(|c| i >= c) {
                 return Ok(SourcePoll::Finished);
             }
-            let r = self.generator.record(i);
+            let r = match self.only {
+                Some(f) => self.generator.field(f, i),
+                None => self.generator.record(i),
+            };
             match self.generator.timestamp(i) {
                 Some(ts) => out.collect_with_timestamp(r, ts),
                 None => out.collect(r),

@@ -16,6 +16,7 @@ pub mod generator;
 pub mod record;
 pub mod registry;
 pub mod sinks;
+pub mod typed;
 pub mod value;
 
 pub use builder::{BuiltJob, build, build_at, validate};

@@ -53,6 +53,19 @@ impl Record {
         self.find(name).is_ok()
     }
 
+    /// Appends a field whose name sorts after every name already present,
+    /// without searching: for builders that produce fields in name order
+    /// (the generator, per record). A name out of order is inserted where it
+    /// belongs instead, so the record stays valid either way.
+    pub fn push_in_order(&mut self, name: SmolStr, value: Value) {
+        match self.0.last() {
+            Some((last, _)) if *last >= name => {
+                self.insert(name, value);
+            }
+            _ => self.0.push((name, value)),
+        }
+    }
+
     /// Sets a field; returns the value it replaces (as `BTreeMap::insert`).
     pub fn insert(&mut self, name: impl Into<SmolStr>, value: Value) -> Option<Value> {
         let name = name.into();
@@ -173,6 +186,23 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
+
+    /// Pushing in order or out of order gives the record collecting gives.
+    #[test]
+    fn push_in_order_keeps_records_sorted() {
+        let names = ["a", "b", "c"];
+        let mut sorted = Record::new();
+        for n in names {
+            sorted.push_in_order(n.into(), Value::Int(1));
+        }
+        let mut shuffled = Record::new();
+        for n in ["b", "c", "a", "c"] {
+            shuffled.push_in_order(n.into(), Value::Int(1));
+        }
+        let want: Record = names.iter().map(|n| (*n, Value::Int(1))).collect();
+        assert_eq!(sorted, want);
+        assert_eq!(shuffled, want, "out of order and duplicate names");
+    }
 
     fn sample() -> Vec<(String, Value)> {
         vec![
