@@ -17,7 +17,7 @@ use crate::error::FnResult;
 use crate::windows::{TimeWindow, WindowAggregator};
 
 use super::expr::Expr;
-use super::record::Record;
+use super::record::{Record, SmolStr};
 use super::typed::{CountsAggregator, DeclKey};
 use super::value::Value;
 
@@ -233,6 +233,61 @@ fn sum_f64(a: &Acc) -> f64 {
     }
 }
 
+/// Where each field of a window result comes from.
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Key,
+    Start,
+    End,
+    Aggregate(usize),
+}
+
+/// The fields of a window's results in name order, worked out once: a
+/// result is then built by appending, without searching for each field's
+/// place (one result per key and window).
+#[derive(Clone, Debug)]
+pub struct ResultFields(Arc<[(SmolStr, Slot)]>);
+
+impl ResultFields {
+    pub fn new<'a>(aggregates: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut f: Vec<(SmolStr, Slot)> = vec![
+            (WINDOW_KEY_FIELD.into(), Slot::Key),
+            (WINDOW_START_FIELD.into(), Slot::Start),
+            (WINDOW_END_FIELD.into(), Slot::End),
+        ];
+        f.extend(
+            aggregates
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (SmolStr::from(n), Slot::Aggregate(i))),
+        );
+        f.sort_by(|a, b| a.0.cmp(&b.0));
+        ResultFields(f.into())
+    }
+
+    /// The result record; a count window (no time window) has no bounds.
+    pub fn build(
+        &self,
+        key: Value,
+        window: Option<TimeWindow>,
+        aggregate: impl Fn(usize) -> Value,
+    ) -> Value {
+        let mut out = Record::with_capacity(self.0.len());
+        let mut key = Some(key);
+        for (name, slot) in self.0.iter() {
+            let v = match (slot, window) {
+                (Slot::Key, _) => key.take().unwrap_or_default(),
+                (Slot::Start, Some(w)) => Value::Int(w.start),
+                (Slot::End, Some(w)) => Value::Int(w.end),
+                (Slot::Start | Slot::End, None) => continue,
+                (Slot::Aggregate(i), _) => aggregate(*i),
+            };
+            out.push_in_order(name.clone(), v);
+        }
+        Value::Map(out)
+    }
+}
+
 /// The `kind` label of [`crate::metrics::JobMetrics::record_errors`] for
 /// values a window aggregate skipped (see [`RecordAggregator`]).
 pub const SKIPPED_VALUE: &str = "aggregate_value";
@@ -242,14 +297,26 @@ pub const SKIPPED_VALUE: &str = "aggregate_value";
 /// same record would fail it again after every restart.
 #[derive(Clone)]
 pub struct RecordAggregator {
-    pub defs: Arc<[AggregateDef]>,
+    defs: Arc<[AggregateDef]>,
+    fields: ResultFields,
     /// Values skipped (one per aggregate and record), e.g. the job's
     /// `record_errors(step, SKIPPED_VALUE)` counter.
-    pub skipped: Counter,
-    pub step: Arc<str>,
+    skipped: Counter,
+    step: Arc<str>,
 }
 
 impl RecordAggregator {
+    /// `skipped`: counts values skipped (one per aggregate and record), e.g.
+    /// the job's `record_errors(step, SKIPPED_VALUE)` counter.
+    pub fn new(defs: Vec<AggregateDef>, skipped: Counter, step: &str) -> Self {
+        RecordAggregator {
+            fields: ResultFields::new(defs.iter().map(|d| d.name.as_str())),
+            defs: defs.into(),
+            skipped,
+            step: step.into(),
+        }
+    }
+
     fn skip(&self, message: &str) {
         let n = self.skipped.inc() + 1;
         if n == 1 || n.is_power_of_two() {
@@ -263,7 +330,8 @@ impl RecordAggregator {
     /// counts (see `typed`).
     pub fn counts(&self) -> CountsAggregator {
         CountsAggregator {
-            names: self.defs.iter().map(|d| d.name.clone()).collect(),
+            fields: self.fields.clone(),
+            aggregates: self.defs.len() as u32,
             layout: WindowAggregator::<Value, Value>::state_layout(self).unwrap_or_default(),
         }
     }
@@ -325,16 +393,9 @@ impl<K: DeclKey> WindowAggregator<K, Value> for RecordAggregator {
     }
 
     fn result(&self, key: &K, window: Option<TimeWindow>, acc: &Accs) -> FnResult<Value> {
-        let mut out = Record::with_capacity(self.defs.len() + 3);
-        out.insert(WINDOW_KEY_FIELD, key.to_value());
-        if let Some(w) = window {
-            out.insert(WINDOW_START_FIELD, Value::Int(w.start));
-            out.insert(WINDOW_END_FIELD, Value::Int(w.end));
-        }
-        for (d, a) in self.defs.iter().zip(acc) {
-            out.insert(d.name.as_str(), AggregateDef::result(a));
-        }
-        Ok(Value::Map(out))
+        Ok(self.fields.build(key.to_value(), window, |i| {
+            acc.get(i).map(AggregateDef::result).unwrap_or_default()
+        }))
     }
 }
 

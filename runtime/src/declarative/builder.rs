@@ -760,11 +760,11 @@ impl Builder<'_> {
                         opts,
                         dropped: self.dropped(uid),
                     };
-                    let agg = RecordAggregator {
-                        defs: defs.into(),
-                        skipped: self.metrics.record_errors(uid, SKIPPED_VALUE),
-                        step: uid.into(),
-                    };
+                    let agg = RecordAggregator::new(
+                        defs,
+                        self.metrics.record_errors(uid, SKIPPED_VALUE),
+                        uid,
+                    );
                     // Typed forms where the spec tells the types (`typed`).
                     let int_key = key_type == Some("int");
                     self.plan.push(format!(

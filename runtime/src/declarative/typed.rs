@@ -14,21 +14,16 @@
 //! - [`Counts`] encodes as the accumulators of the dynamic aggregator (one
 //!   `Acc::Count` per aggregate).
 
-use std::sync::Arc;
-
 use serde::de::Error as _;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-use runnel_spec::validate::{WINDOW_END_FIELD, WINDOW_KEY_FIELD, WINDOW_START_FIELD};
 
 use crate::error::FnResult;
 use crate::keygroup::{KeyEncodeError, key_group_for_bytes, varint};
 use crate::state::keyed::Key;
 use crate::windows::{TimeWindow, WindowAggregator};
 
-use super::aggregates::{Acc, Accs};
-use super::record::Record;
+use super::aggregates::{Acc, Accs, ResultFields};
 use super::value::Value;
 
 /// A declarative key that is an integer whenever the spec says so (for
@@ -36,12 +31,25 @@ use super::value::Value;
 /// hashed and compared as an `i64`, which window state probes per record.
 /// Any other value is kept boxed, so a key of an unexpected type is still
 /// keyed correctly, only not compactly.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CompactKey {
     Int(i64),
     /// Never a `Value::Int` (see [`CompactKey::from`]), so equality and
     /// hashing agree with `Value`'s.
     Other(Box<Value>),
+}
+
+/// In-memory only (state tables, timers), like `Value`'s: an integer is one
+/// write, without the variant first (an `Other` never equals an `Int`, so
+/// the two need not hash apart).
+impl std::hash::Hash for CompactKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            CompactKey::Int(i) => state.write_i64(*i),
+            CompactKey::Other(v) => v.hash(state),
+        }
+    }
 }
 
 impl From<Value> for CompactKey {
@@ -161,8 +169,9 @@ impl<'de> Deserialize<'de> for Counts {
 /// and the same state layout string.
 #[derive(Clone)]
 pub struct CountsAggregator {
-    /// The aggregates' names, in accumulator order.
-    pub names: Arc<[String]>,
+    /// The result's fields (the window's and the aggregates').
+    pub fields: ResultFields,
+    pub aggregates: u32,
     /// `RecordAggregator::state_layout` of the same aggregates.
     pub layout: String,
 }
@@ -174,7 +183,7 @@ impl<K: DeclKey, In: crate::functions::Data> WindowAggregator<K, In> for CountsA
     fn create(&self) -> Counts {
         Counts {
             n: 0,
-            aggregates: self.names.len() as u32,
+            aggregates: self.aggregates,
         }
     }
 
@@ -192,17 +201,8 @@ impl<K: DeclKey, In: crate::functions::Data> WindowAggregator<K, In> for CountsA
     }
 
     fn result(&self, key: &K, window: Option<TimeWindow>, acc: &Counts) -> FnResult<Value> {
-        let mut out = Record::with_capacity(self.names.len() + 3);
-        out.insert(WINDOW_KEY_FIELD, key.to_value());
-        if let Some(w) = window {
-            out.insert(WINDOW_START_FIELD, Value::Int(w.start));
-            out.insert(WINDOW_END_FIELD, Value::Int(w.end));
-        }
-        let n = Value::Int(i64::try_from(acc.n).unwrap_or(i64::MAX));
-        for name in self.names.iter() {
-            out.insert(name.as_str(), n.clone());
-        }
-        Ok(Value::Map(out))
+        let n = i64::try_from(acc.n).unwrap_or(i64::MAX);
+        Ok(self.fields.build(key.to_value(), window, |_| Value::Int(n)))
     }
 }
 
@@ -297,8 +297,8 @@ mod tests {
     /// The typed aggregator gives the dynamic one's results and layout.
     #[test]
     fn counts_aggregator_matches_the_record_aggregator() {
-        let dynamic = RecordAggregator {
-            defs: vec![
+        let dynamic = RecordAggregator::new(
+            vec![
                 AggregateDef {
                     name: "n".into(),
                     op: AggregateOp::Count,
@@ -309,39 +309,59 @@ mod tests {
                     op: AggregateOp::Count,
                     of: None,
                 },
-            ]
-            .into(),
-            skipped: Default::default(),
-            step: "w".into(),
-        };
+            ],
+            Default::default(),
+            "w",
+        );
         let typed = dynamic.counts();
-        let w = Some(TimeWindow::new(0, 10));
-        let rec = record([("k", Value::Int(3))]);
-        let mut a = WindowAggregator::<Value, Value>::create(&dynamic);
-        let mut c = WindowAggregator::<CompactKey, Value>::create(&typed);
-        for _ in 0..5 {
-            WindowAggregator::<Value, Value>::add(&dynamic, &mut a, &rec, 1).unwrap();
-            WindowAggregator::<CompactKey, Value>::add(&typed, &mut c, &rec, 1).unwrap();
-        }
-        for key in [Value::Int(3), Value::String("u3".into())] {
+        for w in [Some(TimeWindow::new(0, 10)), None] {
+            let rec = record([("k", Value::Int(3))]);
+            let mut a = WindowAggregator::<Value, Value>::create(&dynamic);
+            let mut c = WindowAggregator::<CompactKey, Value>::create(&typed);
+            for _ in 0..5 {
+                WindowAggregator::<Value, Value>::add(&dynamic, &mut a, &rec, 1).unwrap();
+                WindowAggregator::<CompactKey, Value>::add(&typed, &mut c, &rec, 1).unwrap();
+            }
+            for key in [Value::Int(3), Value::String("u3".into())] {
+                let want = record([
+                    ("also", Value::Int(5)),
+                    ("key", key.clone()),
+                    ("n", Value::Int(5)),
+                    ("windowEnd", Value::Int(10)),
+                    ("windowStart", Value::Int(0)),
+                ]);
+                let want = match (w, want) {
+                    (Some(_), want) => want,
+                    (None, Value::Map(mut m)) => {
+                        m.remove("windowStart");
+                        m.remove("windowEnd");
+                        Value::Map(m)
+                    }
+                    (None, other) => other,
+                };
+                assert_eq!(
+                    WindowAggregator::<Value, Value>::result(&dynamic, &key, w, &a).unwrap(),
+                    want
+                );
+                assert_eq!(
+                    WindowAggregator::<CompactKey, Value>::result(
+                        &typed,
+                        &CompactKey::from(key.clone()),
+                        w,
+                        &c
+                    )
+                    .unwrap(),
+                    WindowAggregator::<Value, Value>::result(&dynamic, &key, w, &a).unwrap()
+                );
+            }
             assert_eq!(
-                WindowAggregator::<CompactKey, Value>::result(
-                    &typed,
-                    &CompactKey::from(key.clone()),
-                    w,
-                    &c
-                )
-                .unwrap(),
-                WindowAggregator::<Value, Value>::result(&dynamic, &key, w, &a).unwrap()
+                WindowAggregator::<CompactKey, Value>::state_layout(&typed),
+                WindowAggregator::<Value, Value>::state_layout(&dynamic)
+            );
+            assert_eq!(
+                postcard::to_allocvec(&c).unwrap(),
+                postcard::to_allocvec(&a).unwrap()
             );
         }
-        assert_eq!(
-            WindowAggregator::<CompactKey, Value>::state_layout(&typed),
-            WindowAggregator::<Value, Value>::state_layout(&dynamic)
-        );
-        assert_eq!(
-            postcard::to_allocvec(&c).unwrap(),
-            postcard::to_allocvec(&a).unwrap()
-        );
     }
 }
