@@ -2,10 +2,15 @@
 //! CEL, dynamic records) and once with the Rust API (typed tuples), same
 //! source shape, same window operator, same exactly-once file sink.
 //!
+//! The declarative job runs twice: as built (the builder's typed forms apply:
+//! the key field is a generated integer, the aggregate a count), and built
+//! dynamic (`declarative::build_dynamic`), as a job whose types the builder
+//! cannot know, e.g. one reading JSON from Kafka.
+//!
 //! cargo run --release -p runnel-runtime --example declarative_bench -- [RECORDS] [REPEAT] [ONLY]
 //!
-//! ONLY (`rust` or `declarative`) runs one variant, for profiling it alone
-//! (`perf record -g`).
+//! ONLY (`rust`, `declarative` or `dynamic`) runs one variant, for profiling
+//! it alone (`perf record`).
 //!
 //! Besides records per second (wall clock), it prints the CPU time the process
 //! spent per record (user + system, all threads): on a shared machine the wall
@@ -27,7 +32,7 @@ use runnel_runtime::{JobConfig, StreamEnv, TimeDomain, WatermarkStrategy};
 const KEYS: u64 = 1000;
 const WINDOW_MS: i64 = 10_000;
 
-fn declarative_run(n: u64, out: &std::path::Path) -> Duration {
+fn declarative_run(n: u64, out: &std::path::Path, typed: bool) -> Duration {
     let yaml = format!(
         r#"
 version: 1
@@ -50,7 +55,13 @@ sinks:
 "#,
         out.display()
     );
-    let job = declarative::load_and_build(&yaml, &ConnectorRegistry::new()).expect("valid job");
+    let spec = runnel_spec::load_yaml(&yaml).expect("valid job");
+    let job = if typed {
+        declarative::build(&spec, &ConnectorRegistry::new())
+    } else {
+        declarative::build_dynamic(&spec, &ConnectorRegistry::new())
+    }
+    .expect("valid job");
     let t = Instant::now();
     job.execute().expect("job runs");
     t.elapsed()
@@ -129,58 +140,69 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
     let only = std::env::args().nth(3);
-    let (run_rust, run_decl) = match only.as_deref() {
-        None => (true, true),
-        Some("rust") => (true, false),
-        Some("declarative") => (false, true),
-        Some(other) => {
-            eprintln!("unknown variant '{other}' (expected rust or declarative)");
-            std::process::exit(2);
-        }
-    };
-    let (mut d, mut r, mut dc, mut rc) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    const VARIANTS: [&str; 3] = ["rust", "declarative", "dynamic"];
+    if let Some(o) = &only
+        && !VARIANTS.contains(&o.as_str())
+    {
+        eprintln!("unknown variant '{o}' (expected rust, declarative or dynamic)");
+        std::process::exit(2);
+    }
+    let runs: Vec<&str> = VARIANTS
+        .into_iter()
+        .filter(|v| only.as_deref().is_none_or(|o| o == *v))
+        .collect();
+    // Per variant: records/s and CPU ns per record, one entry per repeat.
+    let mut results: Vec<(Vec<f64>, Vec<f64>)> = vec![(Vec::new(), Vec::new()); runs.len()];
     for _ in 0..repeat {
         let dir = tempfile_dir();
-        if run_rust {
-            let (t, c) = measure(n, || rust_run(n, &dir.join("rust")));
-            r.push(t);
-            rc.push(c);
+        for (v, r) in runs.iter().zip(results.iter_mut()) {
+            let out = dir.join(v);
+            let (t, c) = measure(n, || match *v {
+                "rust" => rust_run(n, &out),
+                "declarative" => declarative_run(n, &out, true),
+                _ => declarative_run(n, &out, false),
+            });
+            r.0.push(t);
+            r.1.push(c);
         }
-        if run_decl {
-            let (t, c) = measure(n, || declarative_run(n, &dir.join("decl")));
-            d.push(t);
-            dc.push(c);
-        }
-        if run_rust && run_decl {
-            same_output(&dir.join("rust"), &dir.join("decl"));
+        for v in runs.iter().skip(1) {
+            same_output(&dir.join(runs[0]), &dir.join(v));
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
-    if !(run_rust && run_decl) {
-        let (name, v, c) = if run_rust {
-            ("rust api", r, rc)
-        } else {
-            ("declarative", d, dc)
-        };
-        println!(
-            "{name}: {:>12.0} records/s, {:.0} ns CPU/record (medians of {repeat})",
-            median(v),
-            median(c)
-        );
-        return;
-    }
-    let (rm, dm) = (median(r), median(d));
-    let (rcm, dcm) = (median(rc), median(dc));
+    let medians: Vec<(f64, f64)> = results
+        .into_iter()
+        .map(|(t, c)| (median(t), median(c)))
+        .collect();
     println!(
         "records: {n}, keys: {KEYS}, window: {WINDOW_MS} ms tumbling event time, repeat: {repeat} (medians)"
     );
-    println!("rust api:    {rm:>12.0} records/s  {rcm:>6.0} ns CPU/record");
-    println!("declarative: {dm:>12.0} records/s  {dcm:>6.0} ns CPU/record");
-    println!(
-        "declarative overhead: {:.1} % (throughput), {:.1} % (CPU per record)",
-        (rm / dm - 1.0) * 100.0,
-        (dcm / rcm - 1.0) * 100.0
-    );
+    let label = |v: &str| match v {
+        "rust" => "rust api:",
+        "declarative" => "declarative:",
+        _ => "dynamic:",
+    };
+    for (v, (t, c)) in runs.iter().zip(&medians) {
+        println!(
+            "{:<13}{t:>12.0} records/s  {c:>6.0} ns CPU/record",
+            label(v)
+        );
+    }
+    if runs.first() == Some(&"rust") {
+        let (rt, rc) = medians[0];
+        for (v, (t, c)) in runs.iter().zip(&medians).skip(1) {
+            let what = if *v == "declarative" {
+                "declarative overhead"
+            } else {
+                "dynamic overhead"
+            };
+            println!(
+                "{what}: {:.1} % (throughput), {:.1} % (CPU per record)",
+                (rt / t - 1.0) * 100.0,
+                (c / rc - 1.0) * 100.0
+            );
+        }
+    }
 }
 
 /// The comparison is only fair if both variants did the same work: checks

@@ -88,6 +88,27 @@ pub fn build_at(
     registry: &ConnectorRegistry,
     root: &str,
 ) -> Result<BuiltJob, Vec<SpecError>> {
+    build_with(spec, registry, root, true)
+}
+
+/// Builds a job without the typed forms (`typed`): every key and
+/// accumulator dynamic, as for a spec whose types are unknown (a Kafka
+/// source). Same results and state bytes. For side-by-side measurements
+/// (`declarative_bench`), and to rule the typed forms out when chasing a
+/// problem.
+pub fn build_dynamic(
+    spec: &JobSpec,
+    registry: &ConnectorRegistry,
+) -> Result<BuiltJob, Vec<SpecError>> {
+    build_with(spec, registry, "", false)
+}
+
+fn build_with(
+    spec: &JobSpec,
+    registry: &ConnectorRegistry,
+    root: &str,
+    typed: bool,
+) -> Result<BuiltJob, Vec<SpecError>> {
     let errors = runnel_spec::validate(spec, root);
     if !errors.is_empty() {
         return Err(errors);
@@ -101,6 +122,7 @@ pub fn build_at(
         metrics: env.metrics().clone(),
         projected: false,
         plan: Vec::new(),
+        typed,
     };
     b.graph(&env);
     if b.errors.is_empty() {
@@ -133,6 +155,8 @@ struct Builder<'a> {
     projected: bool,
     /// See [`BuiltJob::plan`].
     plan: Vec<String>,
+    /// Whether typed forms may be chosen (see [`build_dynamic`]).
+    typed: bool,
 }
 
 fn ms(d: &runnel_spec::DurationSpec) -> u64 {
@@ -399,7 +423,8 @@ impl Builder<'_> {
             });
             let mut ds = if let Some(g) = &s.generator {
                 let mut f = GeneratorSourceFn::new(g);
-                if let Some(field) = key_projection(spec)
+                if self.typed
+                    && let Some(field) = key_projection(spec)
                     && let Some(only) = f.clone().field_only(&field)
                 {
                     f = only;
@@ -766,7 +791,8 @@ impl Builder<'_> {
                         uid,
                     );
                     // Typed forms where the spec tells the types (`typed`).
-                    let int_key = key_type == Some("int");
+                    let int_key = self.typed && key_type == Some("int");
+                    let counts_only = self.typed && counts_only;
                     self.plan.push(format!(
                         "window '{uid}': {} keys, {} accumulators{}",
                         if int_key {
@@ -781,16 +807,25 @@ impl Builder<'_> {
                             _ => "",
                         }
                     ));
-                    let out = match (int_key, counts_only) {
-                        (true, true) => shape.build::<CompactKey, _>(d, key, agg.counts()),
-                        (true, false) => shape.build::<CompactKey, _>(d, key, agg),
-                        (false, true) => shape.build::<Value, _>(d, key, agg.counts()),
-                        (false, false) => shape.build::<Value, _>(d, key, agg),
+                    // Keys-only windows count only, so they always get the
+                    // count accumulators.
+                    let (results, late) = match (shape.keys_only, int_key, counts_only) {
+                        (true, true, _) => {
+                            (shape.keys::<CompactKey, _>(d, key, agg.counts()), None)
+                        }
+                        (true, false, true) => (shape.keys::<Value, _>(d, key, agg.counts()), None),
+                        (true, false, false) => (shape.keys::<Value, _>(d, key, agg), None),
+                        (false, true, true) => shape.records::<CompactKey, _>(d, key, agg.counts()),
+                        (false, true, false) => shape.records::<CompactKey, _>(d, key, agg),
+                        (false, false, true) => shape.records::<Value, _>(d, key, agg.counts()),
+                        (false, false, false) => shape.records::<Value, _>(d, key, agg),
                     };
-                    if let Some(name) = &w.late_output {
-                        side.insert(name.clone(), out.late);
+                    if let Some(name) = &w.late_output
+                        && let Some(late) = late
+                    {
+                        side.insert(name.clone(), late);
                     }
-                    Some(out.results)
+                    Some(results)
                 }
                 _ => None,
             };
@@ -878,17 +913,30 @@ struct WindowShape<'a> {
 }
 
 impl WindowShape<'_> {
-    fn build<K, A>(self, d: DataStream<Value>, key: Expr, agg: A) -> windows::Windowed<Value, Value>
+    /// A keys-only window (no late output: its late records would be keys).
+    fn keys<K, A>(self, d: DataStream<Value>, key: Expr, agg: A) -> DataStream<Value>
+    where
+        K: DeclKey + From<Value>,
+        A: windows::WindowAggregator<K, K, Out = Value>,
+    {
+        let keyed = keys_only::<K>(d, key, self.dropped, self.projected);
+        windows::window(keyed, self.uid, self.opts, agg).results
+    }
+
+    /// A window over whole records: its results and its late records.
+    fn records<K, A>(
+        self,
+        d: DataStream<Value>,
+        key: Expr,
+        agg: A,
+    ) -> (DataStream<Value>, Option<DataStream<Value>>)
     where
         K: DeclKey + From<Value>,
         A: windows::WindowAggregator<K, Value, Out = Value>,
     {
-        let keyed = if self.keys_only {
-            keys_only::<K>(d, key, self.dropped, self.projected)
-        } else {
-            keyed::<K>(d, key, self.dropped)
-        };
-        windows::window(keyed, self.uid, self.opts, agg)
+        let keyed = keyed::<K>(d, key, self.dropped);
+        let out = windows::window(keyed, self.uid, self.opts, agg);
+        (out.results, Some(out.late))
     }
 }
 
@@ -925,14 +973,14 @@ fn keys_only<K: DeclKey + From<Value>>(
     key: Expr,
     dropped: Dropped,
     projected: bool,
-) -> crate::graph::KeyedStream<K, Value> {
+) -> crate::graph::KeyedStream<K, K> {
     let restored = key.clone();
     let keys = if projected {
-        d
+        d.map_chained(K::from)
     } else {
-        d.map_chained(move |v: Value| key_or_null(&key, &v, &dropped))
+        d.map_chained(move |v: Value| K::from(key_or_null(&key, &v, &dropped)))
     };
-    keys.key_by(move |v: &Value| K::from(carried_key(v, &restored)))
+    keys.key_by(move |k: &K| k.carried(&restored))
         .with_key_group(K::key_group)
 }
 
@@ -978,16 +1026,6 @@ fn key_projection(spec: &JobSpec) -> Option<String> {
     }
 }
 
-/// The key of an element of a [`keys_only`] edge: the element itself, or,
-/// for a whole record restored in flight from an older checkpoint, the key
-/// computed from it (a failing key gives the null key, as in [`keyed`]).
-fn carried_key(v: &Value, key: &Expr) -> Value {
-    match v {
-        Value::Map(_) => key.eval(v).unwrap_or(Value::Null),
-        k => k.clone(),
-    }
-}
-
 #[cfg(test)]
 mod keys_only_tests {
     use super::*;
@@ -999,30 +1037,32 @@ mod keys_only_tests {
     /// alone.
     #[test]
     fn carried_key_reads_keys_and_old_whole_records_alike() {
-        let key = Expr::compile("k").unwrap();
-        let whole = record([("k", Value::Int(7)), ("x", Value::String("a".into()))]);
-        let alone = Value::Int(7);
-        assert_eq!(carried_key(&whole, &key), Value::Int(7));
-        assert_eq!(carried_key(&alone, &key), Value::Int(7));
-        let string_key = Expr::compile("u").unwrap();
-        let whole = record([("u", Value::String("u1".into()))]);
-        assert_eq!(carried_key(&whole, &string_key), Value::String("u1".into()));
-        assert_eq!(
-            carried_key(&Value::String("u1".into()), &string_key),
-            Value::String("u1".into())
-        );
-        for maxp in [128, 1000, 32_768] {
+        // Value keys (keys of unknown type) and compact ones alike.
+        fn check<K: DeclKey + From<Value>>() {
+            let carried = |v: Value, key: &Expr| K::from(v).carried(key).to_value();
+            let key = Expr::compile("k").unwrap();
+            let whole = record([("k", Value::Int(7)), ("x", Value::String("a".into()))]);
+            assert_eq!(carried(whole, &key), Value::Int(7));
+            assert_eq!(carried(Value::Int(7), &key), Value::Int(7));
+            let string_key = Expr::compile("u").unwrap();
+            let whole = record([("u", Value::String("u1".into()))]);
+            assert_eq!(carried(whole, &string_key), Value::String("u1".into()));
             assert_eq!(
-                key_group_for_typed_key(&carried_key(&record([("k", Value::Int(7))]), &key), maxp)
-                    .unwrap(),
-                key_group_for_typed_key(&Value::Int(7), maxp).unwrap()
+                carried(Value::String("u1".into()), &string_key),
+                Value::String("u1".into())
             );
+            for maxp in [128, 1000, 32_768] {
+                let k = K::from(record([("k", Value::Int(7))])).carried(&key);
+                assert_eq!(
+                    k.key_group(maxp).unwrap(),
+                    key_group_for_typed_key(&Value::Int(7), maxp).unwrap()
+                );
+            }
+            // A record without the key field: the null key, as `keyed` routes it.
+            assert_eq!(carried(record([("x", Value::Int(1))]), &key), Value::Null);
         }
-        // A record without the key field: the null key, as `keyed` routes it.
-        assert_eq!(
-            carried_key(&record([("x", Value::Int(1))]), &key),
-            Value::Null
-        );
+        check::<Value>();
+        check::<CompactKey>();
     }
 
     fn projection(sources: &str, steps: &str) -> Option<String> {

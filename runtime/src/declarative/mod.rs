@@ -19,7 +19,7 @@ pub mod sinks;
 pub mod typed;
 pub mod value;
 
-pub use builder::{BuiltJob, build, build_at, validate};
+pub use builder::{BuiltJob, build, build_at, build_dynamic, validate};
 pub use expr::Expr;
 pub use record::Record;
 pub use registry::{

@@ -24,6 +24,7 @@ use crate::state::keyed::Key;
 use crate::windows::{TimeWindow, WindowAggregator};
 
 use super::aggregates::{Acc, Accs, ResultFields};
+use super::expr::Expr;
 use super::value::Value;
 
 /// A declarative key that is an integer whenever the spec says so (for
@@ -86,6 +87,12 @@ pub trait DeclKey: Key + std::fmt::Debug {
     fn to_value(&self) -> Value;
     /// The key group, as `key_group_for_key` defines it for this key's bytes.
     fn key_group(&self, max_parallelism: u32) -> Result<u32, KeyEncodeError>;
+    /// The key of an element of a keys-only edge (the builder's
+    /// `keys_only`): the element itself, or, for a whole record restored in
+    /// flight from a checkpoint written before keys were carried alone, the
+    /// key computed from it (a failing key gives the null key, as keying
+    /// whole records does). Keys are never maps there, records always are.
+    fn carried(&self, key: &Expr) -> Self;
 }
 
 impl DeclKey for Value {
@@ -94,6 +101,12 @@ impl DeclKey for Value {
     }
     fn key_group(&self, max_parallelism: u32) -> Result<u32, KeyEncodeError> {
         super::value::key_group_of(self, max_parallelism)
+    }
+    fn carried(&self, key: &Expr) -> Self {
+        match self {
+            Value::Map(_) => key.eval(self).unwrap_or(Value::Null),
+            k => k.clone(),
+        }
     }
 }
 
@@ -116,6 +129,12 @@ impl DeclKey for CompactKey {
                 Ok(key_group_for_bytes(&buf[..=b.len()], max_parallelism))
             }
             CompactKey::Other(v) => super::value::key_group_of(v, max_parallelism),
+        }
+    }
+    fn carried(&self, key: &Expr) -> Self {
+        match self {
+            CompactKey::Other(v) if matches!(**v, Value::Map(_)) => v.carried(key).into(),
+            k => k.clone(),
         }
     }
 }
