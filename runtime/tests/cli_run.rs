@@ -602,3 +602,60 @@ sinks:
         assert!(text.contains("Usage: runnel"), "{cmd:?}: {text}");
     }
 }
+
+/// `runnel run` logs the physical choices the builder made for a job
+/// (typed keys and accumulators, projection into the source), and the job's
+/// results are the counts.
+#[test]
+fn run_logs_the_plan_of_a_typed_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let job = dir.path().join("job.yaml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+version: 1
+name: plan
+sources:
+  - name: events
+    generator: {{ count: 300, keys: 3, eventTime: {{ stepMs: 1 }}, fields: {{ k: {{ key: {{}} }} }} }}
+    watermark: {{}}
+steps:
+  - keyBy: "k"
+  - name: counts
+    window: {{ type: tumbling, size: 100ms, aggregates: {{ n: {{ op: count }} }} }}
+sinks:
+  - name: out
+    file: {{ path: "{d}/out" }}
+"#
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args([
+            "run",
+            job.to_str().unwrap(),
+            "--control-addr",
+            "127.0.0.1:0",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runnel runs");
+    ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    for line in [
+        "plan: source 'events' emits field 'k' alone (its only reader is the next window's key)",
+        "plan: window 'counts': integer (compact) keys, count accumulators, keys only, from the source",
+    ] {
+        assert!(err.contains(line), "missing '{line}' in:\n{err}");
+    }
+    let out = read_published(&dir.path().join("out")).unwrap();
+    assert_eq!(out.len(), 9, "3 keys x 3 windows: {out:?}");
+    assert!(
+        out.iter()
+            .all(|r| r["n"] == 100 / 3 || r["n"] == 100 / 3 + 1)
+    );
+    let total: i64 = out.iter().map(|r| r["n"].as_i64().unwrap()).sum();
+    assert_eq!(total, 300);
+}

@@ -42,7 +42,8 @@ pub struct BuiltJob {
     pub name: String,
     /// The physical choices the builder made where the spec let it (typed
     /// keys and accumulators, projection into a source), one line each, as
-    /// an EXPLAIN would list them. Logged when the job is built.
+    /// an EXPLAIN would list them. Logged when the job starts (not when a
+    /// spec is only validated).
     pub plan: Vec<String>,
 }
 
@@ -55,16 +56,24 @@ impl BuiltJob {
         self.env.config_mut()
     }
     pub fn execute(self) -> Result<JobOutcome, JobError> {
+        self.log_plan();
         self.env.execute()
     }
     pub fn execute_async(self) -> Result<JobClient, JobError> {
+        self.log_plan();
         self.env.execute_async()
+    }
+    fn log_plan(&self) {
+        for line in &self.plan {
+            tracing::info!(job = %self.name, "plan: {line}");
+        }
     }
     /// The metrics the job serves (its steps' error counters among them).
     pub fn metrics(&self) -> &Arc<crate::metrics::JobMetrics> {
         self.env.metrics()
     }
     pub fn into_env(self) -> StreamEnv {
+        self.log_plan();
         self.env
     }
 }
@@ -126,9 +135,6 @@ fn build_with(
     };
     b.graph(&env);
     if b.errors.is_empty() {
-        for line in &b.plan {
-            tracing::info!(job = %spec.name, "plan: {line}");
-        }
         Ok(BuiltJob {
             env,
             name: spec.name.clone(),
