@@ -359,3 +359,78 @@ sinks:
     assert!(err.contains("plain-out"), "{err}");
     assert!(b.read_all("plain-out", false).is_empty());
 }
+
+/// An Avro source tells the builder its field types: keyed by a `long`
+/// field into a count window, the job runs on compact integer keys and count
+/// accumulators (its plan says so) and counts exactly.
+#[test]
+fn avro_job_counts_on_typed_keys() {
+    let Some(b) = broker_or_skip("avro_job_counts_on_typed_keys") else {
+        return;
+    };
+    b.create_topic("avro-in", 2);
+    b.create_topic("avro-counts", 1);
+    let schema_json = r#"{"type":"record","name":"Click","fields":[{"name":"user","type":"string"},{"name":"n","type":"long"}]}"#;
+    let schema = apache_avro::Schema::parse_str(schema_json).unwrap();
+    let input: Vec<(Option<Vec<u8>>, Vec<u8>)> = (0..300i64)
+        .map(|i| {
+            let datum = apache_avro::types::Value::Record(vec![
+                (
+                    "user".into(),
+                    apache_avro::types::Value::String(format!("u{i}")),
+                ),
+                ("n".into(), apache_avro::types::Value::Long(i % 3)),
+            ]);
+            (None, apache_avro::to_avro_datum(&schema, datum).unwrap())
+        })
+        .collect();
+    b.produce("avro-in", None, &input);
+    let yaml = format!(
+        r#"
+version: 1
+name: avro-counts
+parallelism: 2
+sources:
+  - name: in
+    kafka:
+      bootstrapServers: "{bs}"
+      topics: [avro-in]
+      start: {{ from: earliest }}
+      commitOffsetsOnCheckpoint: false
+      format: {{ type: avro, schema: '{schema_json}' }}
+steps:
+  - keyBy: "n"
+  - name: tens
+    window: {{ type: count, count: 10, aggregates: {{ c: {{ op: count }} }} }}
+sinks:
+  - name: out
+    kafka:
+      bootstrapServers: "{bs}"
+      topic: avro-counts
+      delivery: at-least-once
+"#,
+        bs = b.bootstrap
+    );
+    let job = load_and_build(&yaml, &registry()).expect("job builds");
+    assert_eq!(
+        job.plan,
+        ["window 'tens': integer (compact) keys, count accumulators, keys only"]
+    );
+    let client = job.execute_async().expect("job starts");
+    wait_until("30 window results", Duration::from_secs(60), || {
+        b.read_all("avro-counts", false).len() >= 30
+    });
+    client.cancel().unwrap();
+    let _ = client.wait();
+    let mut per_key = std::collections::BTreeMap::<i64, Vec<i64>>::new();
+    for r in b.read_all("avro-counts", false) {
+        let v = json(&r.value);
+        per_key
+            .entry(v["key"].as_i64().expect("an integer key"))
+            .or_default()
+            .push(v["c"].as_i64().expect("a count"));
+    }
+    let want: std::collections::BTreeMap<i64, Vec<i64>> =
+        (0..3).map(|k| (k, vec![10; 10])).collect();
+    assert_eq!(per_key, want, "every key's 100 records in windows of 10");
+}

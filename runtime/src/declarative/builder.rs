@@ -397,7 +397,10 @@ impl Builder<'_> {
         let mut first = true;
         for (i, s) in spec.sources.iter().enumerate() {
             let p = root.field("sources").index(i);
-            let fields = Self::source_fields(s);
+            let fields = match &s.kafka {
+                Some(k) => self.registry.kafka().and_then(|c| c.fields(k)),
+                None => Self::source_fields(s),
+            };
             let wm = s.watermark.as_ref().and_then(|w| {
                 let mut st = WatermarkStrategy::<Value>::bounded_out_of_orderness(
                     Duration::from_millis(w.max_out_of_orderness.as_ref().map(ms).unwrap_or(0)),

@@ -26,6 +26,16 @@ pub trait KafkaConnector: Send + Sync {
         watermarks: Option<WatermarkStrategy<Value>>,
     ) -> Result<DataStream<Value>, String>;
 
+    /// The fields every record of such a source has, with each one's type
+    /// where the format tells it (an Avro record schema does; JSON does
+    /// not), in the builder's type names (`Value::type_name`). `None` when
+    /// unknown. The builder checks field references against them and picks
+    /// typed forms from them (docs/job-spec.md, "Typed execution"), so a type
+    /// given here must be what every decoded record holds (or null).
+    fn fields(&self, _spec: &KafkaSourceSpec) -> Option<BTreeMap<String, Option<&'static str>>> {
+        None
+    }
+
     /// Adds a sink named `name` consuming `stream`.
     fn sink(
         &self,

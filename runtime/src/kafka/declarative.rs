@@ -402,7 +402,67 @@ fn kafka_watermarks(w: WatermarkStrategy<Value>) -> KafkaWatermarks<Value> {
     k
 }
 
+/// The builder's type name (`Value::type_name`) of what an Avro schema
+/// decodes to (through JSON, see [`Codec::decode`]), where that is certain:
+/// `None` for types whose JSON form this does not pin down (bytes, fixed,
+/// decimals, logical time types, named references). A union of null and
+/// one type is that type (null is always possible).
+fn avro_type(schema: &apache_avro::Schema) -> Option<&'static str> {
+    use apache_avro::Schema as S;
+    match schema {
+        S::Null => Some("null"),
+        S::Boolean => Some("bool"),
+        S::Int | S::Long => Some("int"),
+        S::Float | S::Double => Some("double"),
+        S::String | S::Enum(_) => Some("string"),
+        S::Record(_) | S::Map(_) => Some("map"),
+        S::Array(_) => Some("list"),
+        S::Union(u) => match u.variants() {
+            [S::Null, t] | [t, S::Null] => avro_type(t),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// The fields of the records a source with this spec emits, with their
+/// types where known (see [`KafkaConnector::fields`]): from an Avro record
+/// schema, or the `value` of a `utf8` or `raw` source; plus the decoded
+/// `_key` (of unknown type: absent keys are null) with `keyFormat`. JSON
+/// values and Avro schemas that are not records give their fields only at
+/// run time.
+fn source_fields(spec: &KafkaSourceSpec) -> Option<BTreeMap<String, Option<&'static str>>> {
+    let mut fields: BTreeMap<String, Option<&'static str>> = match spec.format.kind {
+        FormatKind::Json => return None,
+        FormatKind::Utf8 => [(VALUE_FIELD.to_string(), Some("string"))].into(),
+        FormatKind::Raw => [(VALUE_FIELD.to_string(), Some("bytes"))].into(),
+        FormatKind::Avro => {
+            let schema = apache_avro::Schema::parse_str(spec.format.schema.as_deref()?).ok()?;
+            match &schema {
+                apache_avro::Schema::Record(r) => r
+                    .fields
+                    .iter()
+                    .map(|f| (f.name.clone(), avro_type(&f.schema)))
+                    .collect(),
+                // A map's keys, or a union's branch, are known per record.
+                apache_avro::Schema::Map(_)
+                | apache_avro::Schema::Union(_)
+                | apache_avro::Schema::Ref { .. } => return None,
+                other => [(VALUE_FIELD.to_string(), avro_type(other))].into(),
+            }
+        }
+    };
+    if spec.key_format.is_some() {
+        fields.insert(KEY_FIELD.to_string(), None);
+    }
+    Some(fields)
+}
+
 impl KafkaConnector for DeclarativeKafka {
+    fn fields(&self, spec: &KafkaSourceSpec) -> Option<BTreeMap<String, Option<&'static str>>> {
+        source_fields(spec)
+    }
+
     fn source(
         &self,
         env: &StreamEnv,
@@ -554,6 +614,157 @@ mod tests {
         );
         let no_schema = Codec::from_spec(&fmt(FormatKind::Avro)).err().unwrap();
         assert!(no_schema.contains("needs a schema"), "{no_schema}");
+    }
+
+    /// The types `fields` claims for an Avro record are what decoded records
+    /// hold (or null): the builder checks references and picks typed keys
+    /// from them.
+    #[test]
+    fn avro_field_types_are_what_records_decode_to() {
+        let schema = r#"{"type":"record","name":"T","fields":[
+            {"name":"b","type":"boolean"},
+            {"name":"i","type":"int"},
+            {"name":"l","type":"long"},
+            {"name":"f","type":"float"},
+            {"name":"d","type":"double"},
+            {"name":"s","type":"string"},
+            {"name":"e","type":{"type":"enum","name":"E","symbols":["A","B"]}},
+            {"name":"r","type":{"type":"record","name":"R","fields":[{"name":"x","type":"long"}]}},
+            {"name":"m","type":{"type":"map","values":"long"}},
+            {"name":"a","type":{"type":"array","items":"long"}},
+            {"name":"ol","type":["null","long"]},
+            {"name":"u","type":["string","long"]}
+        ]}"#;
+        let format = FormatSpec {
+            kind: FormatKind::Avro,
+            schema: Some(schema.into()),
+        };
+        let spec = |key_format: Option<FormatSpec>| KafkaSourceSpec {
+            format: format.clone(),
+            key_format,
+            ..serde_json::from_value(serde_json::json!({"bootstrapServers": "x", "topics": ["t"]}))
+                .unwrap()
+        };
+        let fields = source_fields(&spec(None)).unwrap();
+        let want: BTreeMap<String, Option<&str>> = [
+            ("b", Some("bool")),
+            ("i", Some("int")),
+            ("l", Some("int")),
+            ("f", Some("double")),
+            ("d", Some("double")),
+            ("s", Some("string")),
+            ("e", Some("string")),
+            ("r", Some("map")),
+            ("m", Some("map")),
+            ("a", Some("list")),
+            ("ol", Some("int")),
+            ("u", None),
+        ]
+        .into_iter()
+        .map(|(k, t)| (k.to_string(), t))
+        .collect();
+        assert_eq!(fields, want);
+        let enc = ValueEncoder(Codec::from_spec(&format).unwrap());
+        let dec = RecordDecoder {
+            value: Codec::from_spec(&format).unwrap(),
+            key: None,
+        };
+        for (ol, f, d) in [
+            (serde_json::json!(5), 1.5, 2.0),
+            (serde_json::Value::Null, 2.0, -0.5),
+        ] {
+            let json = serde_json::json!({
+                "b": true, "i": 1, "l": 2, "f": f, "d": d, "s": "x", "e": "A",
+                "r": {"x": 1}, "m": {"k": 1}, "a": [1], "ol": ol, "u": "y"
+            });
+            let bytes = enc.serialize(&Value::from_json(&json)).unwrap();
+            let rec = dec.deserialize(&view(None, &bytes)).unwrap();
+            for (name, t) in &fields {
+                let got = rec.get(name).unwrap_or(&Value::Null);
+                if let Some(t) = t
+                    && !matches!(got, Value::Null)
+                {
+                    assert_eq!(got.type_name(), *t, "field {name}: {got:?}");
+                }
+            }
+        }
+        // With keyFormat the key is a field too, of unknown type.
+        let with_key = source_fields(&spec(Some(fmt(FormatKind::Utf8)))).unwrap();
+        assert_eq!(with_key.get(KEY_FIELD), Some(&None));
+        // JSON tells nothing; utf8 a string value; an Avro map no fields.
+        let mut json = spec(None);
+        json.format = fmt(FormatKind::Json);
+        assert_eq!(source_fields(&json), None);
+        json.format = fmt(FormatKind::Utf8);
+        assert_eq!(
+            source_fields(&json),
+            Some([(VALUE_FIELD.to_string(), Some("string"))].into())
+        );
+        json.format = FormatSpec {
+            kind: FormatKind::Avro,
+            schema: Some(r#"{"type":"map","values":"long"}"#.into()),
+        };
+        assert_eq!(source_fields(&json), None);
+        json.format.schema = Some(r#""long""#.into());
+        assert_eq!(
+            source_fields(&json),
+            Some([(VALUE_FIELD.to_string(), Some("int"))].into())
+        );
+    }
+
+    /// A job reading Avro gets its field references checked and, keyed by
+    /// a `long` field into a count window, the typed forms; the same job
+    /// reading JSON gets neither.
+    #[test]
+    fn avro_sources_give_the_builder_their_types() {
+        let registry =
+            crate::declarative::ConnectorRegistry::new().with_kafka(DeclarativeKafka::default());
+        let yaml = |format: &str, key: &str| {
+            format!(
+                r#"
+version: 1
+name: typed-kafka
+sources:
+  - name: in
+    kafka:
+      bootstrapServers: "127.0.0.1:1"
+      topics: [t]
+      groupId: g
+      format: {format}
+    watermark: {{ maxOutOfOrderness: 1s }}
+steps:
+  - keyBy: "{key}"
+  - name: counts
+    window: {{ type: tumbling, size: 1s, aggregates: {{ n: {{ op: count }} }} }}
+sinks:
+  - name: out
+    stdout: {{}}
+"#
+            )
+        };
+        let avro = r#"{ type: avro, schema: '{"type":"record","name":"C","fields":[{"name":"user","type":"string"},{"name":"n","type":"long"}]}' }"#;
+        let plan = |format: &str, key: &str| {
+            crate::declarative::load_and_build(&yaml(format, key), &registry)
+                .map(|j| j.plan)
+                .map_err(|e| runnel_spec::format_errors(&e))
+        };
+        assert_eq!(
+            plan(avro, "n").unwrap(),
+            ["window 'counts': integer (compact) keys, count accumulators, keys only"]
+        );
+        assert_eq!(
+            plan(avro, "user").unwrap(),
+            ["window 'counts': dynamic keys, count accumulators, keys only"]
+        );
+        assert_eq!(
+            plan("{ type: json }", "n").unwrap(),
+            ["window 'counts': dynamic keys, count accumulators"]
+        );
+        let e = plan(avro, "nn").unwrap_err();
+        assert!(
+            e.contains("steps[0].keyBy: unknown field 'nn' (records here have: n, user)"),
+            "{e}"
+        );
     }
 
     #[test]
