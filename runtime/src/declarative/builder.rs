@@ -101,7 +101,7 @@ pub fn build_at(
 }
 
 /// Builds a job without the typed forms (`typed`): every key and
-/// accumulator dynamic, as for a spec whose types are unknown (a Kafka
+/// accumulator dynamic, as for a spec whose types are unknown (a JSON Kafka
 /// source). Same results and state bytes. For side-by-side measurements
 /// (`declarative_bench`), and to rule the typed forms out when chasing a
 /// problem.
@@ -787,9 +787,19 @@ impl Builder<'_> {
                     let keys_only = key_type.is_some_and(|t| t != "map")
                         && counts_only
                         && w.late_output.is_none();
+                    let projected = std::mem::take(&mut self.projected);
+                    if projected && !keys_only {
+                        // `key_projection` decides from the same conditions;
+                        // records would be keyed as keys here.
+                        self.err(
+                            &wp,
+                            "internal error: the source emits keys for a window that reads \
+                             records (build the job with build_dynamic to avoid it, and report it)",
+                        );
+                    }
                     let shape = WindowShape {
                         keys_only,
-                        projected: std::mem::take(&mut self.projected) && keys_only,
+                        projected,
                         uid,
                         opts,
                         dropped: self.dropped(uid),
@@ -972,9 +982,9 @@ fn key_or_null(key: &Expr, v: &Value, dropped: &Dropped) -> Value {
 /// The keyed step's state and timers are the same as with [`keyed`] (same
 /// keys, same key groups). What an unaligned checkpoint keeps in flight on
 /// this edge is the key instead of the record, so a checkpoint written before
-/// this carries whole records there: [`carried_key`] recognises them (the
-/// caller only takes this path when the key's type is known and not a map,
-/// and records are maps) and computes their key as before.
+/// this carries whole records there: [`DeclKey::carried`] recognises them
+/// (the caller only takes this path when the key's type is known and not a
+/// map, and records are maps) and computes their key as before.
 ///
 /// `projected`: the source emits keys already ([`key_projection`]).
 fn keys_only<K: DeclKey + From<Value>>(
