@@ -79,7 +79,9 @@ impl Barrier {
     /// savepoint is what a *changed* job restores from. The declarative
     /// builder, for one, sends a count-only window its keys alone but a
     /// window with other aggregates whole records; in-flight keys restored
-    /// into the latter would be keyed as records (wrongly). Without in-flight
+    /// into the latter would be keyed as records (wrongly), so a window keeps
+    /// what its input carries and refuses such a restore from an unaligned
+    /// checkpoint (`WindowOptions::input_kind`). Without in-flight
     /// data a savepoint holds only operator and keyed state, which restore
     /// by uid and key group into any compatible job.
     pub fn must_align(&self) -> bool {

@@ -31,6 +31,8 @@ pub struct InitContext<'a, K = ()> {
     pub(crate) operator_state: &'a mut OperatorStateStore,
     pub(crate) keyed: Option<&'a mut KeyedBackend<K>>,
     pub(crate) restored: bool,
+    /// See [`InitContext::restores_in_flight_records`].
+    pub(crate) in_flight: bool,
     pub(crate) subtask: u32,
     pub(crate) parallelism: u32,
     pub(crate) operator: &'a str,
@@ -41,6 +43,14 @@ impl<K> InitContext<'_, K> {
     /// True when the job was restored from a snapshot that holds this operator.
     pub fn is_restored(&self) -> bool {
         self.restored
+    }
+    /// True when records that were in flight to this operator when an
+    /// unaligned checkpoint was taken are restored, to be processed before
+    /// any new input. They were sent by the job that wrote the checkpoint:
+    /// an operator whose input changed shape since (a declarative window fed
+    /// keys alone, now whole records) must refuse them. Savepoints hold none.
+    pub fn restores_in_flight_records(&self) -> bool {
+        self.in_flight
     }
     pub fn subtask_index(&self) -> u32 {
         self.subtask

@@ -55,6 +55,9 @@ pub(crate) struct BuildCtx<'a> {
     pub parallelism: u32,
     pub config: &'a JobConfig,
     pub restored: Option<Restored>,
+    /// Records in flight to this operator are restored (it heads its task;
+    /// see `InitContext::restores_in_flight_records`).
+    pub in_flight: bool,
     pub metrics: &'a Arc<JobMetrics>,
 }
 
@@ -826,6 +829,7 @@ where
             out,
             OperatorStateStore::new(ctx.uid, r.operator_states),
             restored,
+            ctx.in_flight,
             ctx.subtask,
             ctx.parallelism,
             ctx.metrics,
@@ -881,6 +885,7 @@ where
             OperatorStateStore::new(ctx.uid, r.operator_states),
             &timer_groups,
             restored,
+            ctx.in_flight,
             ctx.subtask,
             ctx.parallelism,
             maxp,
@@ -908,6 +913,7 @@ where
             self.f.clone(),
             OperatorStateStore::new(ctx.uid, r.operator_states),
             restored,
+            ctx.in_flight,
             ctx.subtask,
             ctx.parallelism,
             ctx.metrics,

@@ -29,7 +29,7 @@ const WINDOW: &str = "per-key";
 
 #[test]
 fn unaligned_restore_of_in_flight_keys_publishes_every_window_once() {
-    run(
+    let _ = run(
         "{ n: { op: count } }",
         false,
         |v| matches!(v, declarative::Value::Int(k) if (0..KEYS).contains(k)),
@@ -38,18 +38,51 @@ fn unaligned_restore_of_in_flight_keys_publishes_every_window_once() {
 
 #[test]
 fn unaligned_restore_of_in_flight_records_publishes_every_window_once() {
-    run("{ n: { op: count }, s: { op: sum, of: v } }", true, |v| {
+    let _ = run("{ n: { op: count }, s: { op: sum, of: v } }", true, |v| {
         v.get("k").is_some() && v.get("v").is_some()
     });
 }
 
-/// Runs the job with these window aggregates, failing once right after a
-/// checkpoint that holds records in flight; `in_flight_ok` says what an
-/// element in flight must look like.
-fn run(aggregates: &str, with_sum: bool, in_flight_ok: impl Fn(&declarative::Value) -> bool) {
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().display();
-    let yaml = format!(
+/// A window of counts gets keys alone; given a late output, the same window
+/// (same aggregates, same state) reads whole records. Keys in flight in an
+/// unaligned checkpoint of the first cannot be replayed into the second
+/// (they would be keyed as records, wrongly): the restore is refused, with
+/// what to do instead.
+#[test]
+fn keys_in_flight_are_refused_by_a_window_that_now_reads_records() {
+    let (dir, cp) = run("{ n: { op: count } }", false, |v| {
+        matches!(v, declarative::Value::Int(_))
+    });
+    let yaml = job_yaml(dir.path(), "{ n: { op: count } }", "lateOutput: late, ");
+    let mut job = declarative::load_and_build(&yaml, &ConnectorRegistry::new())
+        .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
+    assert_eq!(
+        job.plan,
+        ["window 'per-key': integer (compact) keys, count accumulators"],
+        "whole records"
+    );
+    let cfg = job.config_mut();
+    cfg.restart = RestartStrategy::None;
+    cfg.restore = Some(runnel_runtime::RestoreSettings {
+        path: file_uri(&dir.path().join(format!("chk/chk-{cp}"))),
+        latest: false,
+        allow_non_restored_state: false,
+    });
+    let got = format!("{:?}", job.execute());
+    assert!(
+        got.contains(
+            "window 'per-key': the checkpoint holds records in flight to this window that were \
+             sent as keys alone, and this job sends it whole records"
+        ),
+        "{got}"
+    );
+}
+
+/// The job, with these window aggregates and more window settings (`extra`,
+/// e.g. `lateOutput: late, `).
+fn job_yaml(dir: &std::path::Path, aggregates: &str, extra: &str) -> String {
+    let d = dir.display();
+    format!(
         r#"
 version: 1
 name: keys-only
@@ -68,12 +101,25 @@ steps:
   - keyBy: "k"
   - name: {WINDOW}
     parallelism: 2
-    window: {{ type: tumbling, size: 100ms, aggregates: {aggregates} }}
+    window: {{ type: tumbling, size: 100ms, {extra}aggregates: {aggregates} }}
 sinks:
   - name: out
     file: {{ path: "{d}/out" }}
 "#
-    );
+    )
+}
+
+/// Runs the job with these window aggregates, failing once right after a
+/// checkpoint that holds records in flight; `in_flight_ok` says what an
+/// element in flight must look like.
+/// Returns the job's directory and the checkpoint it failed after.
+fn run(
+    aggregates: &str,
+    with_sum: bool,
+    in_flight_ok: impl Fn(&declarative::Value) -> bool,
+) -> (tempfile::TempDir, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = job_yaml(dir.path(), aggregates, "");
     let mut job = declarative::load_and_build(&yaml, &ConnectorRegistry::new())
         .unwrap_or_else(|e| panic!("{}", runnel_spec::format_errors(&e)));
     let (faults, failed_after) = fail_once_after_checkpoint(&dir.path().join("chk"), |md| {
@@ -130,4 +176,5 @@ sinks:
         *want.entry((i % KEYS, i / 100 * 100)).or_default() += 1;
     }
     assert_eq!(got, want);
+    (dir, cp)
 }

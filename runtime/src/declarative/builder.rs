@@ -797,6 +797,13 @@ impl Builder<'_> {
                              records (build the job with build_dynamic to avoid it, and report it)",
                         );
                     }
+                    // Kept with the window's state: keys in flight in an
+                    // unaligned checkpoint cannot be replayed as records.
+                    let opts = if keys_only {
+                        opts.input_kind("keys alone", &["whole records"])
+                    } else {
+                        opts.input_kind("whole records", &[])
+                    };
                     let shape = WindowShape {
                         keys_only,
                         projected,

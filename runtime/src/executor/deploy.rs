@@ -274,12 +274,15 @@ pub(crate) fn deploy_placed(
                             r
                         },
                     );
+                let in_flight =
+                    m == head && head_in_flight.as_ref().is_some_and(|(r, _)| !r.is_empty());
                 let ctx = BuildCtx {
                     uid: &node.uid,
                     subtask: s,
                     parallelism: par[m],
                     config: cfg,
                     restored,
+                    in_flight,
                     metrics,
                 };
                 let built_one = catch_unwind(AssertUnwindSafe(|| match &node.kind {

@@ -239,6 +239,7 @@ where
         out: Out<O>,
         mut store: OperatorStateStore,
         restored: bool,
+        in_flight: bool,
         subtask: u32,
         parallelism: u32,
         metrics: &Arc<JobMetrics>,
@@ -247,6 +248,7 @@ where
             operator_state: &mut store,
             keyed: None,
             restored,
+            in_flight,
             subtask,
             parallelism,
             operator: uid,
@@ -342,6 +344,7 @@ where
         mut store: OperatorStateStore,
         restored_groups: &[KeyGroupData],
         restored: bool,
+        in_flight: bool,
         subtask: u32,
         parallelism: u32,
         max_parallelism: u32,
@@ -358,6 +361,7 @@ where
             operator_state: &mut store,
             keyed: Some(&mut backend),
             restored,
+            in_flight,
             subtask,
             parallelism,
             operator: uid,
@@ -512,11 +516,13 @@ pub(crate) struct SinkOp<F, T> {
 }
 
 impl<F: SinkFunction<T>, T> SinkOp<F, T> {
+    #[allow(clippy::too_many_arguments)]
     pub fn open(
         uid: &str,
         mut f: F,
         mut store: OperatorStateStore,
         restored: bool,
+        in_flight: bool,
         subtask: u32,
         parallelism: u32,
         metrics: &Arc<JobMetrics>,
@@ -525,6 +531,7 @@ impl<F: SinkFunction<T>, T> SinkOp<F, T> {
             operator_state: &mut store,
             keyed: None,
             restored,
+            in_flight,
             subtask,
             parallelism,
             operator: uid,

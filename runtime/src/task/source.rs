@@ -56,6 +56,8 @@ impl<T: crate::functions::Data, S: SourceFunction<T>> TaskRunner for SourceTask<
                 operator_state: &mut self.store,
                 keyed: None,
                 restored: self.restored,
+                // A source has no input.
+                in_flight: false,
                 subtask: self.subtask,
                 parallelism: self.parallelism,
                 operator: &self.uid,

@@ -38,6 +38,8 @@ pub struct WindowOptions {
     pub state_ttl: Option<TtlConfig>,
     /// Parallelism of the window (default: the job's).
     pub parallelism: Option<u32>,
+    /// What the window's input carries (see [`WindowOptions::input_kind`]).
+    pub input_kind: Option<String>,
 }
 
 impl WindowOptions {
@@ -48,7 +50,26 @@ impl WindowOptions {
             allowed_lateness_ms: 0,
             state_ttl: None,
             parallelism: None,
+            input_kind: None,
         }
+    }
+    /// Names what this window's input carries when that can change between
+    /// versions of a job while its state stays compatible (the declarative
+    /// builder sends a window of counts each record's key alone, and whole
+    /// records otherwise). The name is kept with the window's state, and a
+    /// restore that would replay records in flight written under another
+    /// name is refused (records restored in flight were sent by the old job;
+    /// read as the new kind they would be keyed wrongly). Savepoints hold no
+    /// records in flight, so they restore across kinds. `accepts` lists old
+    /// kinds whose in-flight records this input still reads correctly.
+    pub fn input_kind(mut self, kind: &str, accepts: &[&str]) -> Self {
+        let mut k = kind.to_string();
+        for a in accepts {
+            k.push('|');
+            k.push_str(a);
+        }
+        self.input_kind = Some(k);
+        self
     }
     pub fn parallelism(mut self, p: Option<u32>) -> Self {
         self.parallelism = p;
@@ -67,6 +88,20 @@ impl WindowOptions {
 /// Operator list state holding [`WindowAggregator::state_layout`].
 const LAYOUT_STATE: &str = "window-aggregates";
 
+/// Operator list state holding the window's input kind
+/// ([`WindowOptions::input_kind`]).
+const INPUT_STATE: &str = "window-input";
+
+/// Whether records in flight written by a window whose input was `old` can
+/// be replayed into one whose input is `current` (`kind|accepted|...`, as
+/// [`WindowOptions::input_kind`] encodes it). Unknown (no old kind: a
+/// checkpoint written before kinds were kept) is accepted, as before.
+pub(crate) fn in_flight_compatible(old: Option<&str>, current: &str) -> bool {
+    let Some(old) = old else { return true };
+    let old_kind = old.split('|').next().unwrap_or(old);
+    current.split('|').any(|k| k == old_kind)
+}
+
 /// A keyed window with an incremental aggregation.
 pub struct WindowOperator<K, In, A: WindowAggregator<K, In>> {
     opts: WindowOptions,
@@ -76,6 +111,8 @@ pub struct WindowOperator<K, In, A: WindowAggregator<K, In>> {
     /// The aggregator's state layout and where it is kept (see
     /// [`WindowAggregator::state_layout`]).
     layout: Option<(OperatorListState<String>, String)>,
+    /// The input kind and where it is kept ([`WindowOptions::input_kind`]).
+    input: Option<(OperatorListState<String>, String)>,
     _p: std::marker::PhantomData<fn(K, In)>,
 }
 
@@ -87,6 +124,7 @@ impl<K, In, A: WindowAggregator<K, In>> Clone for WindowOperator<K, In, A> {
             windows: self.windows.clone(),
             counts: self.counts.clone(),
             layout: self.layout.clone(),
+            input: self.input.clone(),
             _p: std::marker::PhantomData,
         }
     }
@@ -100,6 +138,7 @@ impl<K, In, A: WindowAggregator<K, In>> WindowOperator<K, In, A> {
             windows: None,
             counts: None,
             layout: None,
+            input: None,
             _p: std::marker::PhantomData,
         }
     }
@@ -280,6 +319,28 @@ where
             }
             self.layout = Some((st, layout));
         }
+        if let Some(kind) = self.opts.input_kind.clone() {
+            let st: OperatorListState<String> =
+                ctx.list_state(&OperatorListStateDescriptor::union(INPUT_STATE))?;
+            let name = ctx.operator_name().to_string();
+            if ctx.restores_in_flight_records()
+                && let Some(old) = st
+                    .get(ctx.operator_state())?
+                    .iter()
+                    .find(|old| !in_flight_compatible(Some(old.as_str()), &kind))
+            {
+                let show = |k: &str| k.split('|').next().unwrap_or(k).to_string();
+                return Err(UserError::msg(format!(
+                    "window '{name}': the checkpoint holds records in flight to this window \
+                     that were sent as {}, and this job sends it {}; they cannot be read as \
+                     such. Restore from a savepoint (it holds no records in flight), or from \
+                     a checkpoint of the job as it is",
+                    show(old),
+                    show(&kind)
+                )));
+            }
+            self.input = Some((st, kind));
+        }
         if let WindowAssigner::Count { .. } = self.opts.assigner {
             let mut d = ValueStateDescriptor::new("count-window");
             if let Some(t) = self.opts.state_ttl {
@@ -369,6 +430,9 @@ where
         if let Some((st, layout)) = &self.layout {
             st.update(ctx.operator_state(), vec![layout.clone()])?;
         }
+        if let Some((st, kind)) = &self.input {
+            st.update(ctx.operator_state(), vec![kind.clone()])?;
+        }
         Ok(())
     }
 
@@ -405,6 +469,30 @@ where
 #[cfg(test)]
 mod tests {
     use super::timers_needed;
+
+    /// Keys alone can read records restored in flight (records are maps, and
+    /// their key is computed), not the other way round; a checkpoint that
+    /// predates kinds is read as before.
+    #[test]
+    fn in_flight_records_are_read_only_as_what_they_were_sent_as() {
+        use super::in_flight_compatible as ok;
+        let keys = "keys|records";
+        let records = "records";
+        assert!(ok(Some(keys), keys));
+        assert!(ok(Some(records), records));
+        assert!(
+            ok(Some(records), keys),
+            "records in flight into a keys-only window"
+        );
+        assert!(
+            !ok(Some(keys), records),
+            "keys in flight into a records window"
+        );
+        assert!(
+            ok(None, records) && ok(None, keys),
+            "written before kinds were kept"
+        );
+    }
 
     #[test]
     fn timers_are_registered_for_new_windows_and_late_firings_only() {
