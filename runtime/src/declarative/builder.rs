@@ -129,7 +129,7 @@ fn build_with(
         root: Path::root(root),
         errors: Vec::new(),
         metrics: env.metrics().clone(),
-        projected: false,
+        projected: None,
         plan: Vec::new(),
         typed,
     };
@@ -156,13 +156,41 @@ struct Builder<'a> {
     errors: Vec<SpecError>,
     /// The job's metrics, for the error counters of its steps.
     metrics: Arc<JobMetrics>,
-    /// The source emits keys instead of records, for the window that is the
-    /// job's second step (see [`key_projection`]); taken by that window.
-    projected: bool,
+    /// The source's keys, when it emits them instead of records for the
+    /// window that is the job's second step (see [`key_projection`]); taken
+    /// by that window.
+    projected: Option<ProjectedKeys>,
     /// See [`BuiltJob::plan`].
     plan: Vec<String>,
     /// Whether typed forms may be chosen (see [`build_dynamic`]).
     typed: bool,
+}
+
+/// A source's stream of keys (see [`key_projection`]), typed as the window
+/// will key it.
+enum ProjectedKeys {
+    Int(DataStream<CompactKey>),
+    Dynamic(DataStream<Value>),
+}
+
+/// `d` at parallelism `p`, when set.
+fn parallel<T: crate::functions::Data>(d: DataStream<T>, p: Option<u32>) -> DataStream<T> {
+    match p {
+        Some(n) => d.set_parallelism(n),
+        None => d,
+    }
+}
+
+/// A source's watermarks without a timestamp expression (the source's own
+/// timestamps), for any element type.
+fn plain_watermarks<T>(w: &runnel_spec::WatermarkSpec) -> WatermarkStrategy<T> {
+    let st = WatermarkStrategy::<T>::bounded_out_of_orderness(Duration::from_millis(
+        w.max_out_of_orderness.as_ref().map(ms).unwrap_or(0),
+    ));
+    match &w.idleness {
+        Some(idle) => st.with_idleness(Duration::from_millis(ms(idle))),
+        None => st,
+    }
 }
 
 fn ms(d: &runnel_spec::DurationSpec) -> u64 {
@@ -402,9 +430,7 @@ impl Builder<'_> {
                 None => Self::source_fields(s),
             };
             let wm = s.watermark.as_ref().and_then(|w| {
-                let mut st = WatermarkStrategy::<Value>::bounded_out_of_orderness(
-                    Duration::from_millis(w.max_out_of_orderness.as_ref().map(ms).unwrap_or(0)),
-                );
+                let mut st = plain_watermarks::<Value>(w);
                 if let Some(t) = &w.timestamp {
                     let e = self.compile(&p.field("watermark").field("timestamp"), t, &fields)?;
                     let dropped = self.dropped(&s.name);
@@ -425,25 +451,53 @@ impl Builder<'_> {
                         }
                     });
                 }
-                if let Some(idle) = &w.idleness {
-                    st = st.with_idleness(Duration::from_millis(ms(idle)));
-                }
                 Some(st)
             });
             let mut ds = if let Some(g) = &s.generator {
-                let mut f = GeneratorSourceFn::new(g);
-                if self.typed
-                    && let Some(field) = key_projection(spec)
-                    && let Some(only) = f.clone().field_only(&field)
-                {
-                    f = only;
-                    self.projected = true;
-                    self.plan.push(format!(
-                        "source '{}' emits field '{field}' alone (its only reader is the next window's key)",
-                        s.name
-                    ));
+                let f = GeneratorSourceFn::new(g);
+                match key_projection(spec).filter(|_| self.typed) {
+                    Some(field) => {
+                        // The keys, typed as the window keys them; no stream
+                        // of records at all.
+                        let int = fields
+                            .as_ref()
+                            .and_then(|k| k.get(&field).copied().flatten())
+                            == Some("int");
+                        let wms = s.watermark.as_ref();
+                        let keys = if int {
+                            f.field_only::<CompactKey>(&field).map(|f| {
+                                ProjectedKeys::Int(parallel(
+                                    env.add_source_with_watermarks(
+                                        &s.name,
+                                        f,
+                                        wms.map(plain_watermarks),
+                                    ),
+                                    s.parallelism,
+                                ))
+                            })
+                        } else {
+                            f.field_only::<Value>(&field).map(|f| {
+                                ProjectedKeys::Dynamic(parallel(
+                                    env.add_source_with_watermarks(
+                                        &s.name,
+                                        f,
+                                        wms.map(plain_watermarks),
+                                    ),
+                                    s.parallelism,
+                                ))
+                            })
+                        };
+                        if keys.is_some() {
+                            self.plan.push(format!(
+                                "source '{}' emits field '{field}' alone (its only reader is the next window's key)",
+                                s.name
+                            ));
+                        }
+                        self.projected = keys;
+                        None
+                    }
+                    None => Some(env.add_source_with_watermarks(&s.name, f, wm)),
                 }
-                Some(env.add_source_with_watermarks(&s.name, f, wm))
             } else if let Some(els) = &s.elements {
                 let items: Vec<Value> = els.iter().map(|e| Value::from_json(&e.0)).collect();
                 Some(env.add_source_with_watermarks(&s.name, ElementsSource::new(items), wm))
@@ -775,8 +829,14 @@ impl Builder<'_> {
                 out_known.insert(d.name.clone(), t);
             }
             let ok = defs.len() == w.aggregates.len();
-            let out = match (stream, key_by, ok) {
-                (Some(d), Some(key), true) => {
+            let projected = self.projected.take();
+            let input = match (stream, projected) {
+                (Some(d), None) => Some(Err(d)),
+                (None, Some(keys)) => Some(Ok(keys)),
+                _ => None,
+            };
+            let out = match (input, key_by, ok) {
+                (Some(input), Some(key), true) => {
                     let key_type = Self::field_type(&key, &known);
                     // A window that reads nothing of its records but their
                     // key (only field-less counts, late records not kept)
@@ -787,10 +847,9 @@ impl Builder<'_> {
                     let keys_only = key_type.is_some_and(|t| t != "map")
                         && counts_only
                         && w.late_output.is_none();
-                    let projected = std::mem::take(&mut self.projected);
+                    let projected = input.is_ok();
                     if projected && !keys_only {
-                        // `key_projection` decides from the same conditions;
-                        // records would be keyed as keys here.
+                        // `key_projection` decides from the same conditions.
                         self.err(
                             &wp,
                             "internal error: the source emits keys for a window that reads \
@@ -806,7 +865,6 @@ impl Builder<'_> {
                     };
                     let shape = WindowShape {
                         keys_only,
-                        projected,
                         uid,
                         opts,
                         dropped: self.dropped(uid),
@@ -827,7 +885,7 @@ impl Builder<'_> {
                             "dynamic"
                         },
                         if counts_only { "count" } else { "dynamic" },
-                        match (shape.keys_only, shape.projected) {
+                        match (shape.keys_only, projected) {
                             (true, true) => ", keys only, from the source",
                             (true, false) => ", keys only",
                             _ => "",
@@ -835,6 +893,29 @@ impl Builder<'_> {
                     ));
                     // Keys-only windows count only, so they always get the
                     // count accumulators.
+                    let d = match input {
+                        // Projected only for keys-only windows of counts
+                        // (`key_projection`), so the count accumulators.
+                        Ok(ProjectedKeys::Int(keys)) => {
+                            return (
+                                (
+                                    Some(shape.keys_from::<CompactKey, _>(keys, key, agg.counts())),
+                                    Some(out_known),
+                                ),
+                                None,
+                            );
+                        }
+                        Ok(ProjectedKeys::Dynamic(keys)) => {
+                            return (
+                                (
+                                    Some(shape.keys_from::<Value, _>(keys, key, agg.counts())),
+                                    Some(out_known),
+                                ),
+                                None,
+                            );
+                        }
+                        Err(d) => d,
+                    };
                     let (results, late) = match (shape.keys_only, int_key, counts_only) {
                         (true, true, _) => {
                             (shape.keys::<CompactKey, _>(d, key, agg.counts()), None)
@@ -931,8 +1012,6 @@ struct WindowShape<'a> {
     /// Whether the window reads nothing of a record but its key (see
     /// [`keys_only`]).
     keys_only: bool,
-    /// Whether its input is keys already (see [`key_projection`]).
-    projected: bool,
     uid: &'a str,
     opts: WindowOptions,
     dropped: Dropped,
@@ -945,8 +1024,18 @@ impl WindowShape<'_> {
         K: DeclKey + From<Value>,
         A: windows::WindowAggregator<K, K, Out = Value>,
     {
-        let keyed = keys_only::<K>(d, key, self.dropped, self.projected);
+        let keyed = keys_only::<K>(d, key, self.dropped);
         windows::window(keyed, self.uid, self.opts, agg).results
+    }
+
+    /// A keys-only window fed by a source that emits the keys
+    /// ([`key_projection`]).
+    fn keys_from<K, A>(self, keys: DataStream<K>, key: Expr, agg: A) -> DataStream<Value>
+    where
+        K: DeclKey + From<Value>,
+        A: windows::WindowAggregator<K, K, Out = Value>,
+    {
+        windows::window(keyed_keys(keys, key), self.uid, self.opts, agg).results
     }
 
     /// A window over whole records: its results and its late records.
@@ -992,21 +1081,25 @@ fn key_or_null(key: &Expr, v: &Value, dropped: &Dropped) -> Value {
 /// this carries whole records there: [`DeclKey::carried`] recognises them
 /// (the caller only takes this path when the key's type is known and not a
 /// map, and records are maps) and computes their key as before.
-///
-/// `projected`: the source emits keys already ([`key_projection`]).
 fn keys_only<K: DeclKey + From<Value>>(
     d: DataStream<Value>,
     key: Expr,
     dropped: Dropped,
-    projected: bool,
 ) -> crate::graph::KeyedStream<K, K> {
     let restored = key.clone();
-    let keys = if projected {
-        d.map_chained(K::from)
-    } else {
-        d.map_chained(move |v: Value| K::from(key_or_null(&key, &v, &dropped)))
-    };
-    keys.key_by(move |k: &K| k.carried(&restored))
+    keyed_keys(
+        d.map_chained(move |v: Value| K::from(key_or_null(&key, &v, &dropped))),
+        restored,
+    )
+}
+
+/// Keys a stream of keys ([`keys_only`], [`key_projection`]); whole records
+/// restored in flight are keyed by `key` ([`DeclKey::carried`]).
+fn keyed_keys<K: DeclKey + From<Value>>(
+    keys: DataStream<K>,
+    key: Expr,
+) -> crate::graph::KeyedStream<K, K> {
+    keys.key_by(move |k: &K| k.carried(&key))
         .with_key_group(K::key_group)
 }
 

@@ -170,9 +170,10 @@ impl RecordGenerator {
 /// state, so a restore can check that the partitioning is unchanged.
 type Position = (u32, u32, u64);
 
-/// The source function of a `generator` source.
-#[derive(Clone)]
-pub struct GeneratorSourceFn {
+/// The source function of a `generator` source. It emits records (`T` =
+/// [`Value`]), or one field's values converted to `T` (see
+/// [`GeneratorSourceFn::field_only`]).
+pub struct GeneratorSourceFn<T = Value> {
     generator: Arc<RecordGenerator>,
     count: Option<u64>,
     rate_per_subtask: Option<f64>,
@@ -185,12 +186,32 @@ pub struct GeneratorSourceFn {
     /// Emit this field's value instead of the record (see
     /// [`GeneratorSourceFn::field_only`]).
     only: Option<usize>,
+    _t: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for GeneratorSourceFn<T> {
+    fn clone(&self) -> Self {
+        GeneratorSourceFn {
+            generator: self.generator.clone(),
+            count: self.count,
+            rate_per_subtask: self.rate_per_subtask,
+            rate_total: self.rate_total,
+            next: self.next,
+            p: self.p,
+            s: self.s,
+            started: self.started,
+            state: self.state.clone(),
+            only: self.only,
+            _t: std::marker::PhantomData,
+        }
+    }
 }
 
 impl GeneratorSourceFn {
     pub fn new(spec: &GeneratorSpec) -> Self {
         GeneratorSourceFn {
             only: None,
+            _t: std::marker::PhantomData,
             generator: Arc::new(RecordGenerator::new(spec)),
             count: spec.count,
             rate_per_subtask: None,
@@ -211,15 +232,30 @@ impl GeneratorSourceFn {
     /// in the same order with the same timestamps and checkpointed position,
     /// only without building and dropping the rest. `None` if the generator
     /// has no such field.
-    pub fn field_only(mut self, name: &str) -> Option<Self> {
-        self.only = Some(self.generator.field_index(name)?);
-        Some(self)
+    ///
+    /// The values are emitted as `T` (a typed key), so no map stands between
+    /// the source and its reader.
+    pub fn field_only<T: From<Value>>(self, name: &str) -> Option<GeneratorSourceFn<T>> {
+        let only = Some(self.generator.field_index(name)?);
+        Some(GeneratorSourceFn {
+            generator: self.generator,
+            count: self.count,
+            rate_per_subtask: self.rate_per_subtask,
+            rate_total: self.rate_total,
+            next: self.next,
+            p: self.p,
+            s: self.s,
+            started: self.started,
+            state: self.state,
+            only,
+            _t: std::marker::PhantomData,
+        })
     }
 }
 
-impl CheckpointListener for GeneratorSourceFn {}
+impl<T> CheckpointListener for GeneratorSourceFn<T> {}
 
-impl SourceFunction<Value> for GeneratorSourceFn {
+impl<T: crate::functions::Data + From<Value>> SourceFunction<T> for GeneratorSourceFn<T> {
     fn initialize_state(&mut self, ctx: &mut InitContext<'_>) -> FnResult {
         self.p = ctx.parallelism();
         self.s = ctx.subtask_index();
@@ -245,7 +281,7 @@ impl SourceFunction<Value> for GeneratorSourceFn {
         Ok(())
     }
 
-    fn poll(&mut self, out: &mut SourceOutput<'_, Value>) -> Result<SourcePoll, UserError> {
+    fn poll(&mut self, out: &mut SourceOutput<'_, T>) -> Result<SourcePoll, UserError> {
         let mut n: u64 = 256;
         if let Some(rate) = self.rate_per_subtask {
             let (t0, k0) = *self.started.get_or_insert((Instant::now(), self.next));
@@ -261,10 +297,10 @@ impl SourceFunction<Value> for GeneratorSourceFn {
             if self.count.is_some_and(|c| i >= c) {
                 return Ok(SourcePoll::Finished);
             }
-            let r = match self.only {
+            let r = T::from(match self.only {
                 Some(f) => self.generator.field(f, i),
                 None => self.generator.record(i),
-            };
+            });
             match self.generator.timestamp(i) {
                 Some(ts) => out.collect_with_timestamp(r, ts),
                 None => out.collect(r),
