@@ -465,7 +465,7 @@ impl Builder<'_> {
                             == Some("int");
                         let wms = s.watermark.as_ref();
                         let keys = if int {
-                            f.field_only::<CompactKey>(&field).map(|f| {
+                            f.clone().field_only::<CompactKey>(&field).map(|f| {
                                 ProjectedKeys::Int(parallel(
                                     env.add_source_with_watermarks(
                                         &s.name,
@@ -476,7 +476,7 @@ impl Builder<'_> {
                                 ))
                             })
                         } else {
-                            f.field_only::<Value>(&field).map(|f| {
+                            f.clone().field_only::<Value>(&field).map(|f| {
                                 ProjectedKeys::Dynamic(parallel(
                                     env.add_source_with_watermarks(
                                         &s.name,
@@ -487,14 +487,19 @@ impl Builder<'_> {
                                 ))
                             })
                         };
-                        if keys.is_some() {
-                            self.plan.push(format!(
-                                "source '{}' emits field '{field}' alone (its only reader is the next window's key)",
-                                s.name
-                            ));
+                        match keys {
+                            Some(keys) => {
+                                self.plan.push(format!(
+                                    "source '{}' emits field '{field}' alone (its only reader is the next window's key)",
+                                    s.name
+                                ));
+                                self.projected = Some(keys);
+                                None
+                            }
+                            // Not reached (`key_projection` checked the
+                            // field); whole records are always right.
+                            None => Some(env.add_source_with_watermarks(&s.name, f, wm)),
                         }
-                        self.projected = keys;
-                        None
                     }
                     None => Some(env.add_source_with_watermarks(&s.name, f, wm)),
                 }
