@@ -173,6 +173,7 @@ type Position = (u32, u32, u64);
 /// The source function of a `generator` source. It emits records (`T` =
 /// [`Value`]), or one field's values converted to `T` (see
 /// [`GeneratorSourceFn::field_only`]).
+#[derive(Clone)]
 pub struct GeneratorSourceFn<T = Value> {
     generator: Arc<RecordGenerator>,
     count: Option<u64>,
@@ -187,24 +188,6 @@ pub struct GeneratorSourceFn<T = Value> {
     /// [`GeneratorSourceFn::field_only`]).
     only: Option<usize>,
     _t: std::marker::PhantomData<fn() -> T>,
-}
-
-impl<T> Clone for GeneratorSourceFn<T> {
-    fn clone(&self) -> Self {
-        GeneratorSourceFn {
-            generator: self.generator.clone(),
-            count: self.count,
-            rate_per_subtask: self.rate_per_subtask,
-            rate_total: self.rate_total,
-            next: self.next,
-            p: self.p,
-            s: self.s,
-            started: self.started,
-            state: self.state.clone(),
-            only: self.only,
-            _t: std::marker::PhantomData,
-        }
-    }
 }
 
 impl GeneratorSourceFn {
