@@ -32,7 +32,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::format::{
@@ -104,6 +104,17 @@ struct Round {
     restore_ratio: f64,
     /// `kept_download_s / restore_s`.
     restore_vs_kept_ratio: f64,
+    /// CPU each download step used, here and in the local server: on a
+    /// machine whose cores the server shares, a step that needs more CPU than
+    /// its wall time times the cores cannot keep up with the transfer.
+    plain_download_cpu: Cpu,
+    kept_download_cpu: Cpu,
+    restore_cpu: Cpu,
+    /// The same download written to local files (page cache): the least a
+    /// restore that keeps state on local disk does.
+    disk_download_s: f64,
+    disk_download_mib_s: f64,
+    disk_download_cpu: Cpu,
 }
 
 /// A moto_server child, killed on drop.
@@ -125,6 +136,7 @@ fn start_moto() -> anyhow::Result<(LocalS3, String)> {
         .stderr(Stdio::null())
         .spawn()
         .context("cannot start moto_server (pip install \"moto[server]\"), or pass --uri")?;
+    SERVER_PID.store(child.id(), Ordering::Relaxed);
     let guard = LocalS3(child);
     let deadline = Instant::now() + Duration::from_secs(60);
     // Ready when it creates the bucket (moto does not check signatures, so a
@@ -346,6 +358,50 @@ fn download_kept(
     })
 }
 
+/// Downloads the files like [`plain_download`] into files in `local`: what a
+/// restore that keeps state on local disk (as Flink's RocksDB backend does)
+/// must do at least. The bytes go to the page cache, not to fresh process
+/// memory. Returns the bytes written.
+fn download_to_disk(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    files: &[String],
+    local: &std::path::Path,
+) -> anyhow::Result<u64> {
+    let next = AtomicUsize::new(0);
+    let threads = checkpoint::restore_concurrency(files.len());
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| -> anyhow::Result<u64> {
+                    let mut buf = vec![0u8; 256 * 1024];
+                    let mut got = 0u64;
+                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        let mut r = st.open(&storage::join(dir, f))?;
+                        let mut out = std::fs::File::create(local.join(f))?;
+                        loop {
+                            let n = r.read(&mut buf)?;
+                            if n == 0 {
+                                break;
+                            }
+                            out.write_all(&buf[..n])?;
+                            got += n as u64;
+                        }
+                    }
+                    Ok(got)
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for w in workers {
+            total += w
+                .join()
+                .map_err(|_| anyhow::anyhow!("a download thread panicked"))??;
+        }
+        Ok(total)
+    })
+}
+
 /// What a job does with a snapshot before its tasks start: load it, then hand
 /// each subtask its key groups (as `executor::deploy` does).
 fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
@@ -362,11 +418,69 @@ fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
         .collect())
 }
 
-/// Time of `f` in seconds.
+/// CPU seconds (user + system) a process has used so far, from
+/// `/proc/PID/stat`; 0 where there is no such file (not Linux, or the
+/// server is remote). Coarse (clock ticks), enough to tell a saturated
+/// transfer from an idle one.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the
+    // 14th and 15th fields of the whole line.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| f.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    ticks / if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// The CPU a step used: this process and the local server, if any.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+struct Cpu {
+    bench_s: f64,
+    server_s: f64,
+}
+
+/// The local server's pid (0: none), for [`timed_cpu`]'s figures.
+static SERVER_PID: AtomicU32 = AtomicU32::new(0);
+
+fn cpu_now() -> Cpu {
+    Cpu {
+        bench_s: cpu_seconds("self"),
+        server_s: match SERVER_PID.load(Ordering::Relaxed) {
+            0 => 0.0,
+            p => cpu_seconds(&p.to_string()),
+        },
+    }
+}
+
+/// Time of `f` in seconds, and the CPU it took.
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
+    let (s, _, v) = timed_cpu(f)?;
+    Ok((s, v))
+}
+
+fn timed_cpu<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, Cpu, T)> {
+    let c0 = cpu_now();
     let t = Instant::now();
     let v = f()?;
-    Ok((t.elapsed().as_secs_f64(), v))
+    let s = t.elapsed().as_secs_f64();
+    let c1 = cpu_now();
+    Ok((
+        s,
+        Cpu {
+            bench_s: c1.bench_s - c0.bench_s,
+            server_s: c1.server_s - c0.server_s,
+        },
+        v,
+    ))
 }
 
 fn one_round(
@@ -416,16 +530,20 @@ fn one_round(
     let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
     let plain_files: Vec<String> = st.list(&plain_dir)?;
     let (mut plain_download_s, mut kept_download_s, mut restore_s) = (0.0, 0.0, 0.0);
+    let (mut plain_download_cpu, mut kept_download_cpu, mut restore_cpu) =
+        (Cpu::default(), Cpu::default(), Cpu::default());
+    let (mut disk_download_s, mut disk_download_cpu) = (0.0, Cpu::default());
     // Downloads in a rotating order: round 0 restores first, round 1 starts
     // with the plain download, round 2 with the kept one.
-    let mut order = [0u8, 1, 2];
-    order.rotate_left(round as usize % 3);
+    let mut order = [0u8, 1, 2, 3];
+    order.rotate_left(round as usize % 4);
     for step in order {
         if step == 0 {
             // What a job does at start.
             eprintln!("round {round}: restore...");
-            let (s, restored) = timed(|| restore(&uri_of(&dir)))?;
+            let (s, cpu, restored) = timed_cpu(|| restore(&uri_of(&dir)))?;
             restore_s = s;
+            restore_cpu = cpu;
             let restored: u64 = restored
                 .iter()
                 .flat_map(|r| r.key_groups.iter())
@@ -434,23 +552,34 @@ fn one_round(
             if restored != total_entries {
                 bail!("restored {restored} entries, expected {total_entries}");
             }
+        } else if step == 3 {
+            eprintln!("round {round}: plain download to local disk...");
+            let local = std::env::temp_dir().join(format!("runnel-bench-s3-{run_id}"));
+            std::fs::create_dir_all(&local)?;
+            let (s, cpu, got) =
+                timed_cpu(|| download_to_disk(st, &plain_dir, &plain_files, &local))?;
+            std::fs::remove_dir_all(&local)?;
+            (disk_download_s, disk_download_cpu) = (s, cpu);
+            if got != file_bytes {
+                bail!("download to disk wrote {got} bytes, expected {file_bytes}");
+            }
         } else {
             let keep = step == 2;
             eprintln!(
                 "round {round}: plain download{}...",
                 if keep { ", kept in memory" } else { "" }
             );
-            let (s, got) = if keep {
-                let (s, kept) = timed(|| download_kept(st, &plain_dir, &plain_files))?;
+            let (s, cpu, got) = if keep {
+                let (s, cpu, kept) = timed_cpu(|| download_kept(st, &plain_dir, &plain_files))?;
                 // Freed untimed, as the restore side's state is.
-                (s, kept.iter().map(|b| b.len() as u64).sum())
+                (s, cpu, kept.iter().map(|b| b.len() as u64).sum())
             } else {
-                timed(|| plain_download(st, &plain_dir, &plain_files))?
+                timed_cpu(|| plain_download(st, &plain_dir, &plain_files))?
             };
             if keep {
-                kept_download_s = s;
+                (kept_download_s, kept_download_cpu) = (s, cpu);
             } else {
-                plain_download_s = s;
+                (plain_download_s, plain_download_cpu) = (s, cpu);
             }
             if got != file_bytes {
                 bail!("plain download returned {got} bytes, expected {file_bytes}");
@@ -476,6 +605,12 @@ fn one_round(
         restore_mib_s: mib_s(file_bytes, restore_s),
         restore_ratio: plain_download_s / restore_s,
         restore_vs_kept_ratio: kept_download_s / restore_s,
+        plain_download_cpu,
+        kept_download_cpu,
+        restore_cpu,
+        disk_download_s,
+        disk_download_mib_s: mib_s(file_bytes, disk_download_s),
+        disk_download_cpu,
     })
 }
 
@@ -546,20 +681,33 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             x.checkpoint_upload_mib_s,
             100.0 * x.upload_ratio
         );
+        let cpu = |c: &Cpu| format!("cpu {:.2} s + server {:.2} s", c.bench_s, c.server_s);
         println!(
-            "  plain download       {:9.2} {:9.1}",
-            x.plain_download_s, x.plain_download_mib_s
+            "  plain download       {:9.2} {:9.1}              {}",
+            x.plain_download_s,
+            x.plain_download_mib_s,
+            cpu(&x.plain_download_cpu)
         );
         println!(
-            "  plain download, kept {:9.2} {:9.1}",
-            x.kept_download_s, x.kept_download_mib_s
+            "  plain download, kept {:9.2} {:9.1}              {}",
+            x.kept_download_s,
+            x.kept_download_mib_s,
+            cpu(&x.kept_download_cpu)
         );
         println!(
-            "  restore              {:9.2} {:9.1}   {:6.1} % ({:.1} % of kept)",
+            "  plain download, disk {:9.2} {:9.1}   {:6.1} %      {}",
+            x.disk_download_s,
+            x.disk_download_mib_s,
+            100.0 * x.plain_download_s / x.disk_download_s,
+            cpu(&x.disk_download_cpu)
+        );
+        println!(
+            "  restore              {:9.2} {:9.1}   {:6.1} % ({:.1} % of kept)  {}",
             x.restore_s,
             x.restore_mib_s,
             100.0 * x.restore_ratio,
-            100.0 * x.restore_vs_kept_ratio
+            100.0 * x.restore_vs_kept_ratio,
+            cpu(&x.restore_cpu)
         );
     }
     Ok(ExitCode::SUCCESS)
