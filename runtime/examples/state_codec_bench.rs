@@ -8,9 +8,8 @@
 use std::time::Instant;
 
 use runnel_runtime::checkpoint::format::{
-    KeyGroupData, SubtaskState, TableData, read_state_file, write_state_file,
+    Entries, KeyGroupData, SubtaskState, TableData, read_state_file, write_state_file,
 };
-use serde_bytes::ByteBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mib: u64 = match std::env::args().nth(1) {
@@ -18,23 +17,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => 256,
     };
     let entries = mib * 1024 * 1024 / 1024;
+    let mut key_groups = Vec::new();
+    for kg in 0..32u32 {
+        let mut table = Entries::new();
+        for i in 0..entries / 32 {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&i.to_le_bytes());
+            table.push(&k, &[i as u8; 1008])?;
+        }
+        key_groups.push(KeyGroupData {
+            key_group: kg,
+            tables: vec![TableData {
+                name: "state".into(),
+                entries: table,
+            }],
+            timers: vec![],
+        });
+    }
     let state = SubtaskState {
-        key_groups: (0..32u32)
-            .map(|kg| KeyGroupData {
-                key_group: kg,
-                tables: vec![TableData {
-                    name: "state".into(),
-                    entries: (0..entries / 32)
-                        .map(|i| {
-                            let mut k = vec![0u8; 16];
-                            k[..8].copy_from_slice(&i.to_le_bytes());
-                            (ByteBuf::from(k), ByteBuf::from(vec![i as u8; 1008]))
-                        })
-                        .collect(),
-                }],
-                timers: vec![],
-            })
-            .collect(),
+        key_groups,
         ..Default::default()
     };
     let mut file = Vec::new();

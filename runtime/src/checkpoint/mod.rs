@@ -2,6 +2,7 @@
 //! how restored state is redistributed to a (possibly different) parallelism.
 
 mod body_input;
+pub mod entries;
 pub mod format;
 pub mod lineage;
 pub mod redistribute;

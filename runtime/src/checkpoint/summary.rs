@@ -62,11 +62,7 @@ fn add_subtask(sizes: &mut OperatorStateSizes, s: &SubtaskState) {
         for t in &kg.tables {
             let e = sizes.keyed.entry(t.name.clone()).or_default();
             e.entries += t.entries.len() as u64;
-            e.bytes += t
-                .entries
-                .iter()
-                .map(|(k, v)| (k.len() + v.len()) as u64)
-                .sum::<u64>();
+            e.bytes += t.entries.bytes();
         }
     }
 }
@@ -183,7 +179,7 @@ mod tests {
                 key_group: 3,
                 tables: vec![TableData {
                     name: "count".into(),
-                    entries: vec![(b(b"k"), b(b"1234")); n],
+                    entries: vec![(b(b"k"), b(b"1234")); n].into_iter().collect(),
                 }],
                 timers: vec![
                     TimerData {

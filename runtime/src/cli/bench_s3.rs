@@ -36,10 +36,11 @@ use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::format::{
-    FORMAT_NAME, FORMAT_VERSION, KeyGroupData, METADATA_FILE, OperatorMeta, SnapshotMetadata,
-    SubtaskMeta, SubtaskState, TableData,
+    Entries, FORMAT_NAME, FORMAT_VERSION, KeyGroupData, KeyedStateMeta, METADATA_FILE,
+    OperatorMeta, SnapshotMetadata, SubtaskMeta, SubtaskState, TableData,
 };
 use crate::checkpoint::{self, format};
+use crate::state::keyed::KeyedBackend;
 use crate::storage::{self, CheckpointStorage};
 use anyhow::{Context, bail};
 use clap::Args;
@@ -115,6 +116,16 @@ struct Round {
     disk_download_s: f64,
     disk_download_mib_s: f64,
     disk_download_cpu: Cpu,
+    /// Faulting in as many bytes of fresh memory as the files hold, alone
+    /// (one write per 4 KiB page): the floor under a restore that holds the
+    /// state in memory, on top of the transfer.
+    fresh_memory_s: f64,
+    /// The restore and then each task's decoding of its entries into its
+    /// typed state table: a whole job restore before the first record.
+    typed_restore_s: f64,
+    typed_restore_mib_s: f64,
+    typed_restore_ratio: f64,
+    typed_restore_cpu: Cpu,
 }
 
 /// A moto_server child, killed on drop.
@@ -174,8 +185,23 @@ fn max_parallelism(files: usize) -> u32 {
     (files as u32 * KEY_GROUPS as u32).max(128)
 }
 
+/// A stored value of exactly `value_bytes` bytes that decodes as a
+/// `ValueState<ByteBuf>` entry (postcard: a varint length, then the bytes),
+/// so that the typed restore can decode it as a job would.
+fn value_of(i: u64, value_bytes: u64) -> Vec<u8> {
+    let varint_len = |n: u64| (64 - n.max(1).leading_zeros() as u64).div_ceil(7);
+    let mut payload = value_bytes.saturating_sub(1);
+    while payload > 0 && varint_len(payload) + payload > value_bytes {
+        payload -= 1;
+    }
+    let bytes: Vec<u8> = (0..payload)
+        .map(|j| (i as u8).wrapping_add(j as u8))
+        .collect();
+    postcard::to_allocvec(&ByteBuf::from(bytes)).unwrap_or_default()
+}
+
 /// One subtask's keyed state: `entries` entries spread over key groups.
-fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> SubtaskState {
+fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> anyhow::Result<SubtaskState> {
     let per_group = entries.div_ceil(KEY_GROUPS);
     let mut key_groups = Vec::new();
     let mut made = 0u64;
@@ -184,17 +210,13 @@ fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> SubtaskState {
         if n == 0 {
             break;
         }
-        let entries = (made..made + n)
-            .map(|i| {
-                let mut k = [0u8; 16];
-                k[..8].copy_from_slice(&i.to_le_bytes());
-                k[8..12].copy_from_slice(&subtask.to_le_bytes());
-                let v: Vec<u8> = (0..value_bytes)
-                    .map(|j| (i as u8).wrapping_add(j as u8))
-                    .collect();
-                (ByteBuf::from(k.to_vec()), ByteBuf::from(v))
-            })
-            .collect();
+        let mut entries = Entries::new();
+        for i in made..made + n {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&i.to_le_bytes());
+            k[8..12].copy_from_slice(&subtask.to_le_bytes());
+            entries.push(&k, &value_of(i, value_bytes))?;
+        }
         made += n;
         key_groups.push(KeyGroupData {
             key_group: (subtask as u64 * KEY_GROUPS + kg) as u32,
@@ -205,11 +227,11 @@ fn make_state(subtask: u32, entries: u64, value_bytes: u64) -> SubtaskState {
             timers: vec![],
         });
     }
-    SubtaskState {
+    Ok(SubtaskState {
         operator_states: vec![],
         key_groups,
         in_flight: vec![],
-    }
+    })
 }
 
 fn mib_s(bytes: u64, s: f64) -> f64 {
@@ -231,7 +253,11 @@ fn checkpoint_upload(
         w.finish()?;
         subtasks.push(SubtaskMeta {
             index: i as u32,
-            key_groups: None,
+            key_groups: Some(crate::keygroup::range_for_subtask(
+                max_parallelism(states.len()),
+                states.len() as u32,
+                i as u32,
+            )),
             file,
             size: d.size,
             checksum: d.checksum,
@@ -255,7 +281,11 @@ fn checkpoint_upload(
         operators: vec![OperatorMeta {
             uid: "bench".into(),
             parallelism: states.len() as u32,
-            keyed_states: vec![],
+            keyed_states: vec![KeyedStateMeta {
+                name: "state".into(),
+                kind: "value".into(),
+                ttl: None,
+            }],
             subtasks,
         }],
     };
@@ -402,6 +432,23 @@ fn download_to_disk(
     })
 }
 
+/// Writes one byte to every 4 KiB page of `bytes` of fresh memory: the
+/// page-fault cost that any restore holding that much state in memory pays,
+/// whatever it decodes. On some VMs (nested or shadow paging) this alone is a
+/// large part of a download's time.
+fn touch_fresh_memory(bytes: u64) -> anyhow::Result<f64> {
+    let n = usize::try_from(bytes)?;
+    let t = Instant::now();
+    let mut v: Vec<u8> = Vec::with_capacity(n);
+    let spare = v.spare_capacity_mut();
+    for i in (0..n).step_by(4096) {
+        spare[i].write(1);
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(&v);
+    Ok(s)
+}
+
 /// What a job does with a snapshot before its tasks start: load it, then hand
 /// each subtask its key groups (as `executor::deploy` does).
 fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
@@ -416,6 +463,48 @@ fn restore(uri: &str) -> anyhow::Result<Vec<crate::task::Restored>> {
     Ok((0..p)
         .map(|s| checkpoint::redistribute::assign(old, p, &metas, p, s, max_p, true).0)
         .collect())
+}
+
+/// [`restore`], then what each task does with its share as it registers its
+/// state: every key and value decoded into the typed table of a
+/// `ValueState<ByteBuf>` keyed by `[u8; 16]`, one thread per subtask as the
+/// task threads do. This is all of a job's restore before it processes a
+/// record. Returns the backends, to be dropped untimed as the other steps'
+/// results are.
+fn restore_typed(uri: &str) -> anyhow::Result<Vec<KeyedBackend<[u8; 16]>>> {
+    let restored = restore(uri)?;
+    let p = restored.len() as u32;
+    let max_p = max_parallelism(p as usize);
+    std::thread::scope(|scope| {
+        let tasks: Vec<_> = restored
+            .into_iter()
+            .enumerate()
+            .map(|(s, r)| {
+                scope.spawn(move || -> anyhow::Result<KeyedBackend<[u8; 16]>> {
+                    let range = crate::keygroup::range_for_subtask(max_p, p, s as u32);
+                    let mut backend = KeyedBackend::<[u8; 16]>::new(
+                        "bench",
+                        crate::clock::Clock::System,
+                        max_p,
+                        range,
+                        r.key_groups,
+                        r.keyed_metas,
+                    );
+                    backend
+                        .register::<crate::state::keyed::Entry<ByteBuf>>("state", "value", None)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    Ok(backend)
+                })
+            })
+            .collect();
+        tasks
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .map_err(|_| anyhow::anyhow!("a restore thread panicked"))?
+            })
+            .collect()
+    })
 }
 
 /// CPU seconds (user + system) a process has used so far, from
@@ -533,10 +622,11 @@ fn one_round(
     let (mut plain_download_cpu, mut kept_download_cpu, mut restore_cpu) =
         (Cpu::default(), Cpu::default(), Cpu::default());
     let (mut disk_download_s, mut disk_download_cpu) = (0.0, Cpu::default());
+    let (mut typed_restore_s, mut typed_restore_cpu) = (0.0, Cpu::default());
     // Downloads in a rotating order: round 0 restores first, round 1 starts
     // with the plain download, round 2 with the kept one.
-    let mut order = [0u8, 1, 2, 3];
-    order.rotate_left(round as usize % 4);
+    let mut order = [0u8, 1, 2, 3, 4];
+    order.rotate_left(round as usize % 5);
     for step in order {
         if step == 0 {
             // What a job does at start.
@@ -551,6 +641,14 @@ fn one_round(
                 .sum();
             if restored != total_entries {
                 bail!("restored {restored} entries, expected {total_entries}");
+            }
+        } else if step == 4 {
+            eprintln!("round {round}: restore into typed state...");
+            let (s, cpu, backends) = timed_cpu(|| restore_typed(&uri_of(&dir)))?;
+            (typed_restore_s, typed_restore_cpu) = (s, cpu);
+            let n: u64 = backends.iter().map(|b| b.entries("state") as u64).sum();
+            if n != total_entries {
+                bail!("restored {n} typed entries, expected {total_entries}");
             }
         } else if step == 3 {
             eprintln!("round {round}: plain download to local disk...");
@@ -588,6 +686,7 @@ fn one_round(
     }
     st.delete_dir(&dir)?;
     st.delete_dir(&plain_dir)?;
+    let fresh_memory_s = touch_fresh_memory(file_bytes)?;
     Ok(Round {
         round,
         plain_first,
@@ -611,6 +710,11 @@ fn one_round(
         disk_download_s,
         disk_download_mib_s: mib_s(file_bytes, disk_download_s),
         disk_download_cpu,
+        fresh_memory_s,
+        typed_restore_s,
+        typed_restore_mib_s: mib_s(file_bytes, typed_restore_s),
+        typed_restore_ratio: plain_download_s / typed_restore_s,
+        typed_restore_cpu,
     })
 }
 
@@ -643,7 +747,7 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             let n = per_file.min(total_entries.saturating_sub(per_file * s as u64));
             make_state(s, n, args.value_bytes)
         })
-        .collect();
+        .collect::<anyhow::Result<_>>()?;
     let rounds = (0..args.rounds)
         .map(|r| one_round(st.as_ref(), |d| st.uri(d), &states, total_entries, r))
         .collect::<anyhow::Result<Vec<_>>>()?;
@@ -708,6 +812,17 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             100.0 * x.restore_ratio,
             100.0 * x.restore_vs_kept_ratio,
             cpu(&x.restore_cpu)
+        );
+        println!(
+            "  restore, typed       {:9.2} {:9.1}   {:6.1} %      {}",
+            x.typed_restore_s,
+            x.typed_restore_mib_s,
+            100.0 * x.typed_restore_ratio,
+            cpu(&x.typed_restore_cpu)
+        );
+        println!(
+            "  fresh memory, touch  {:9.2}   (one write per 4 KiB page of as many bytes, alone)",
+            x.fresh_memory_s
         );
     }
     Ok(ExitCode::SUCCESS)

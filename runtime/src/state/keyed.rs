@@ -10,11 +10,10 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_bytes::ByteBuf;
 
 use super::cow_map::{CowMap, Frozen, Slot};
 use super::ttl::{ReadOutcome, TtlConfig, on_read};
-use crate::checkpoint::format::{KeyGroupData, KeyedStateMeta, TableData};
+use crate::checkpoint::format::{Entries, KeyGroupData, KeyedStateMeta, TableData};
 use crate::clock::Clock;
 use crate::error::{SnapshotError, UserError};
 use crate::keygroup::{KeyGroupRange, key_group_for_bytes};
@@ -230,23 +229,28 @@ impl<K: Key, S: Stored> FrozenTable for FrozenTableOf<K, S> {
         let drop_expired = self.ttl.map(|t| t.cleanup_full_snapshot).unwrap_or(false);
         let mut n = 0u64;
         // Grouped per key group locally first, so the per-entry cost is an index
-        // instead of a map lookup plus a search for the table by name.
-        let mut by_kg: Vec<Vec<(ByteBuf, ByteBuf)>> =
-            (0..max_parallelism).map(|_| Vec::new()).collect();
+        // instead of a map lookup plus a search for the table by name. Each
+        // entry is encoded into the same two buffers and copied into its key
+        // group's chunks: no allocation per entry.
+        let mut by_kg: Vec<Entries> = (0..max_parallelism).map(|_| Entries::new()).collect();
+        let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
         for (k, s) in self.map.iter() {
-            let mut vbuf = Vec::new();
+            vbuf.clear();
             if !s
                 .encode(self.ttl.as_ref(), now, drop_expired, &mut vbuf)
                 .map_err(SnapshotError::Encode)?
             {
                 continue;
             }
-            let kbuf =
-                postcard::to_allocvec(k).map_err(|e| SnapshotError::Encode(e.to_string()))?;
+            kbuf.clear();
+            kbuf = postcard::to_extend(k, std::mem::take(&mut kbuf))
+                .map_err(|e| SnapshotError::Encode(e.to_string()))?;
             let kg = key_group_for_bytes(&kbuf, max_parallelism);
             match by_kg.get_mut(kg as usize) {
-                Some(list) => list.push((ByteBuf::from(kbuf), ByteBuf::from(vbuf))),
-                None => push_entry(out, kg, name, kbuf, vbuf),
+                Some(list) => list
+                    .push(&kbuf, &vbuf)
+                    .map_err(|e| SnapshotError::Encode(e.to_string()))?,
+                None => push_entry(out, kg, name, &kbuf, &vbuf)?,
             }
             n += 1;
         }
@@ -260,18 +264,13 @@ impl<K: Key, S: Stored> FrozenTable for FrozenTableOf<K, S> {
 }
 
 /// Appends entries of one table and key group (same layout as `push_entry`).
-fn append_entries(
-    out: &mut BTreeMap<u32, KeyGroupData>,
-    kg: u32,
-    name: &str,
-    mut entries: Vec<(ByteBuf, ByteBuf)>,
-) {
+fn append_entries(out: &mut BTreeMap<u32, KeyGroupData>, kg: u32, name: &str, entries: Entries) {
     let group = out.entry(kg).or_insert_with(|| KeyGroupData {
         key_group: kg,
         ..Default::default()
     });
     match group.tables.iter_mut().find(|t| t.name == name) {
-        Some(t) => t.entries.append(&mut entries),
+        Some(t) => t.entries.append(entries),
         None => group.tables.push(TableData {
             name: name.to_string(),
             entries,
@@ -279,22 +278,22 @@ fn append_entries(
     }
 }
 
-fn push_entry(out: &mut BTreeMap<u32, KeyGroupData>, kg: u32, name: &str, k: Vec<u8>, v: Vec<u8>) {
-    let group = out.entry(kg).or_insert_with(|| KeyGroupData {
-        key_group: kg,
-        ..Default::default()
-    });
-    match group.tables.iter_mut().find(|t| t.name == name) {
-        Some(t) => t.entries.push((ByteBuf::from(k), ByteBuf::from(v))),
-        None => group.tables.push(TableData {
-            name: name.to_string(),
-            entries: vec![(ByteBuf::from(k), ByteBuf::from(v))],
-        }),
-    }
+fn push_entry(
+    out: &mut BTreeMap<u32, KeyGroupData>,
+    kg: u32,
+    name: &str,
+    k: &[u8],
+    v: &[u8],
+) -> Result<(), SnapshotError> {
+    let mut one = Entries::new();
+    one.push(k, v)
+        .map_err(|e| SnapshotError::Encode(e.to_string()))?;
+    append_entries(out, kg, name, one);
+    Ok(())
 }
 
-/// Restored entries of one state as (key group, key bytes, value bytes).
-type RawEntries = Vec<(u32, ByteBuf, ByteBuf)>;
+/// Restored entries of one state, by key group, as the state file held them.
+type RawEntries = Vec<(u32, Entries)>;
 
 /// The keyed state of one operator subtask.
 pub struct KeyedBackend<K> {
@@ -324,13 +323,13 @@ impl<K: Key> KeyedBackend<K> {
         restored_groups: Vec<KeyGroupData>,
         restored_meta: Vec<KeyedStateMeta>,
     ) -> Self {
-        let mut restored: HashMap<String, Vec<(u32, ByteBuf, ByteBuf)>> = HashMap::new();
+        let mut restored: HashMap<String, RawEntries> = HashMap::new();
         for g in restored_groups {
             for t in g.tables {
-                let list = restored.entry(t.name).or_default();
-                for (k, v) in t.entries {
-                    list.push((g.key_group, k, v));
-                }
+                restored
+                    .entry(t.name)
+                    .or_default()
+                    .push((g.key_group, t.entries));
             }
         }
         KeyedBackend {
@@ -411,26 +410,27 @@ impl<K: Key> KeyedBackend<K> {
             }
             let with_ttl = old.ttl.is_some();
             let raw = self.restored.remove(name).unwrap_or_default();
-            for (kg, kbytes, vbytes) in raw.iter() {
-                let kg = *kg;
-                if !self.range.contains(kg) {
+            for (kg, entries) in raw.iter() {
+                if !self.range.contains(*kg) {
                     continue;
                 }
-                let key: K = postcard::from_bytes(kbytes).map_err(|e| {
-                    UserError::msg(format!(
-                        "operator '{}': state '{name}': cannot decode a restored key: {e} \
-                         (did the key type change?)",
-                        self.operator
-                    ))
-                })?;
-                let entry = S::decode(vbytes, with_ttl).map_err(|e| {
-                    UserError::msg(format!(
-                        "operator '{}': state '{name}': cannot decode a restored value: {e} \
-                         (did the state type change?)",
-                        self.operator
-                    ))
-                })?;
-                table.map.insert(key, entry);
+                for (kbytes, vbytes) in entries {
+                    let key: K = postcard::from_bytes(kbytes).map_err(|e| {
+                        UserError::msg(format!(
+                            "operator '{}': state '{name}': cannot decode a restored key: {e} \
+                             (did the key type change?)",
+                            self.operator
+                        ))
+                    })?;
+                    let entry = S::decode(vbytes, with_ttl).map_err(|e| {
+                        UserError::msg(format!(
+                            "operator '{}': state '{name}': cannot decode a restored value: {e} \
+                             (did the state type change?)",
+                            self.operator
+                        ))
+                    })?;
+                    table.map.insert(key, entry);
+                }
             }
             self.restored_meta.remove(name);
         }
@@ -546,11 +546,11 @@ impl KeyedSnapshot {
         for (name, t) in &self.tables {
             n += t.write(name, self.now, self.max_parallelism, out)?;
         }
-        for (name, entries) in &self.carried {
-            for (kg, k, v) in entries.iter() {
+        for (name, groups) in &self.carried {
+            for (kg, entries) in groups.iter() {
                 if self.range.contains(*kg) {
-                    push_entry(out, *kg, name, k.to_vec(), v.to_vec());
-                    n += 1;
+                    n += entries.len() as u64;
+                    append_entries(out, *kg, name, entries.clone());
                 }
             }
         }
