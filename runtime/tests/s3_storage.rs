@@ -252,3 +252,40 @@ fn dispose_deletes_a_savepoint_and_refuses_anything_else() {
     assert_eq!(st.read("unrelated/data").unwrap(), b"keep me");
     checkpoint::load_snapshot(&storage::join(&base, "savepoint-8-def456")).unwrap();
 }
+
+/// `runnel bench s3` (docs/benchmarks.md) runs every step, each in a child
+/// process, and checks what each restored or downloaded: a bench that stops
+/// working, or counts the wrong thing, fails here rather than on the next
+/// measurement.
+#[test]
+fn bench_s3_runs_every_step_and_checks_what_it_restored() {
+    let Some(moto) = Moto::start() else { return };
+    moto.create_bucket("bench");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_runnel"))
+        .args(["bench", "s3", "--size-mib", "2", "--value-bytes", "100"])
+        .args(["--rounds", "1", "--json", "--uri"])
+        .arg(moto.uri("bench", "b"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // 2 MiB of 16-byte keys and 100-byte values.
+    let entries = (2u64 << 20).div_ceil(116);
+    assert_eq!(r["state_bytes"], entries * 116);
+    let round = &r["rounds"][0];
+    let file_bytes = round["file_bytes"].as_u64().unwrap();
+    assert!(file_bytes > entries * 116, "{file_bytes}");
+    for step in ["restore", "typed_restore"] {
+        assert_eq!(round[step]["count"], entries, "{step}");
+    }
+    for step in ["plain_download", "kept_download", "disk_download"] {
+        assert_eq!(round[step]["count"], file_bytes, "{step}");
+        assert!(round[step]["seconds"].as_f64().unwrap() > 0.0, "{step}");
+    }
+    // The restore holds the state, the plain download does not.
+    assert!(round["restore"]["peak_rss_growth"].as_u64().unwrap() > 0);
+}

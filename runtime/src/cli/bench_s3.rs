@@ -32,7 +32,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::checkpoint::format::{
@@ -71,6 +71,18 @@ pub struct BenchS3Args {
     /// Print machine-readable JSON.
     #[arg(long)]
     json: bool,
+    /// Run the download-side steps in this process instead of one child
+    /// process each (for `perf record -p`); later steps then reuse memory
+    /// that earlier ones freed.
+    #[arg(long)]
+    in_process: bool,
+    /// Internal: run one step against `--uri` and print its result as JSON.
+    #[arg(long, hide = true, requires_all = ["uri", "step_dir"])]
+    step: Option<Step>,
+    #[arg(long, hide = true)]
+    step_dir: Option<String>,
+    #[arg(long, hide = true, value_delimiter = ',')]
+    step_files: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,39 +105,95 @@ struct Round {
     checkpoint_upload_s: f64,
     checkpoint_upload_mib_s: f64,
     upload_ratio: f64,
-    plain_download_s: f64,
+    /// The transfer alone: each file read into one reused buffer and dropped.
+    plain_download: StepResult,
     plain_download_mib_s: f64,
     /// The same download, each file read into one buffer that is kept until
     /// the end of the step, as `get_object` + `collect` would: it pays for the
     /// fresh memory that a restore's state also needs.
-    kept_download_s: f64,
+    kept_download: StepResult,
     kept_download_mib_s: f64,
-    restore_s: f64,
-    restore_mib_s: f64,
-    restore_ratio: f64,
-    /// `kept_download_s / restore_s`.
-    restore_vs_kept_ratio: f64,
-    /// CPU each download step used, here and in the local server: on a
-    /// machine whose cores the server shares, a step that needs more CPU than
-    /// its wall time times the cores cannot keep up with the transfer.
-    plain_download_cpu: Cpu,
-    kept_download_cpu: Cpu,
-    restore_cpu: Cpu,
     /// The same download written to local files (page cache): the least a
     /// restore that keeps state on local disk does.
-    disk_download_s: f64,
+    disk_download: StepResult,
     disk_download_mib_s: f64,
-    disk_download_cpu: Cpu,
+    /// `load_snapshot` and the hand-out of key groups to subtasks.
+    restore: StepResult,
+    restore_mib_s: f64,
+    restore_ratio: f64,
+    /// `kept_download.seconds / restore.seconds`.
+    restore_vs_kept_ratio: f64,
+    /// The restore and then each task's decoding of its entries into its
+    /// typed state table: a whole job restore before the first record.
+    typed_restore: StepResult,
+    typed_restore_mib_s: f64,
+    typed_restore_ratio: f64,
     /// Faulting in as many bytes of fresh memory as the files hold, alone
     /// (one write per 4 KiB page): the floor under a restore that holds the
     /// state in memory, on top of the transfer.
     fresh_memory_s: f64,
-    /// The restore and then each task's decoding of its entries into its
-    /// typed state table: a whole job restore before the first record.
-    typed_restore_s: f64,
-    typed_restore_mib_s: f64,
-    typed_restore_ratio: f64,
-    typed_restore_cpu: Cpu,
+}
+
+/// The download-side steps of a round. Each runs in a child process of its
+/// own unless `--in-process`: a step in a process that has freed memory
+/// before reuses those pages instead of faulting fresh ones in, and on VMs
+/// where a fault is expensive that alone swung a restore by ±30 %. A pod
+/// that restores is a fresh process too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Step {
+    Restore,
+    Typed,
+    Plain,
+    Kept,
+    Disk,
+    Touch,
+}
+
+impl Step {
+    const ALL: [Step; 6] = [
+        Step::Restore,
+        Step::Typed,
+        Step::Plain,
+        Step::Kept,
+        Step::Disk,
+        Step::Touch,
+    ];
+
+    fn describe(self) -> &'static str {
+        match self {
+            Step::Restore => "restore",
+            Step::Typed => "restore into typed state",
+            Step::Plain => "plain download",
+            Step::Kept => "plain download, kept in memory",
+            Step::Disk => "plain download to local disk",
+            Step::Touch => "touch of fresh memory",
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Step::Restore => "restore",
+            Step::Typed => "typed",
+            Step::Plain => "plain",
+            Step::Kept => "kept",
+            Step::Disk => "disk",
+            Step::Touch => "touch",
+        }
+    }
+}
+
+/// What one step measured.
+#[derive(Debug, Default, Clone, Copy, Serialize, serde::Deserialize)]
+struct StepResult {
+    seconds: f64,
+    /// CPU of the process that ran the step.
+    cpu_s: f64,
+    /// CPU of the local server meanwhile (0 with `--uri`).
+    server_cpu_s: f64,
+    /// Most resident memory the step's process gained while it ran.
+    peak_rss_growth: u64,
+    /// Entries restored or bytes downloaded, checked by the parent.
+    count: u64,
 }
 
 /// A moto_server child, killed on drop.
@@ -436,17 +504,14 @@ fn download_to_disk(
 /// page-fault cost that any restore holding that much state in memory pays,
 /// whatever it decodes. On some VMs (nested or shadow paging) this alone is a
 /// large part of a download's time.
-fn touch_fresh_memory(bytes: u64) -> anyhow::Result<f64> {
+fn touch_fresh_memory(bytes: u64) -> anyhow::Result<Vec<u8>> {
     let n = usize::try_from(bytes)?;
-    let t = Instant::now();
     let mut v: Vec<u8> = Vec::with_capacity(n);
     let spare = v.spare_capacity_mut();
     for i in (0..n).step_by(4096) {
         spare[i].write(1);
     }
-    let s = t.elapsed().as_secs_f64();
-    std::hint::black_box(&v);
-    Ok(s)
+    Ok(std::hint::black_box(v))
 }
 
 /// What a job does with a snapshot before its tasks start: load it, then hand
@@ -530,51 +595,152 @@ fn cpu_seconds(pid: &str) -> f64 {
     ticks / if hz > 0 { hz as f64 } else { 100.0 }
 }
 
-/// The CPU a step used: this process and the local server, if any.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
-struct Cpu {
-    bench_s: f64,
-    server_s: f64,
-}
-
-/// The local server's pid (0: none), for [`timed_cpu`]'s figures.
+/// The local server's pid (0: none), for the server's CPU figures.
 static SERVER_PID: AtomicU32 = AtomicU32::new(0);
 
-fn cpu_now() -> Cpu {
-    Cpu {
-        bench_s: cpu_seconds("self"),
-        server_s: match SERVER_PID.load(Ordering::Relaxed) {
-            0 => 0.0,
-            p => cpu_seconds(&p.to_string()),
-        },
+/// CPU seconds of the local server so far (0 if none was started).
+fn server_cpu_now() -> f64 {
+    match SERVER_PID.load(Ordering::Relaxed) {
+        0 => 0.0,
+        p => cpu_seconds(&p.to_string()),
     }
 }
 
-/// Time of `f` in seconds, and the CPU it took.
+/// Time of `f` in seconds.
 fn timed<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, T)> {
-    let (s, _, v) = timed_cpu(f)?;
-    Ok((s, v))
-}
-
-fn timed_cpu<T>(f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(f64, Cpu, T)> {
-    let c0 = cpu_now();
     let t = Instant::now();
     let v = f()?;
-    let s = t.elapsed().as_secs_f64();
-    let c1 = cpu_now();
-    Ok((
-        s,
-        Cpu {
-            bench_s: c1.bench_s - c0.bench_s,
-            server_s: c1.server_s - c0.server_s,
-        },
-        v,
-    ))
+    Ok((t.elapsed().as_secs_f64(), v))
+}
+
+/// Runs `f` as one step: its time, CPU and resident memory growth; `count`
+/// is taken after the clock stops and the result is dropped after that too,
+/// untimed, as a job keeps its state.
+fn measure<T>(
+    f: impl FnOnce() -> anyhow::Result<T>,
+    count: impl FnOnce(&T) -> u64,
+) -> anyhow::Result<StepResult> {
+    let (cpu0, server0, rss0) = (cpu_seconds("self"), server_cpu_now(), rss_bytes());
+    let peak = AtomicU64::new(rss0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let t = Instant::now();
+    // Resident memory sampled every 2 ms while the step runs: what a pod's
+    // memory limit would see of it.
+    let v = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        let v = f();
+        done.store(true, Ordering::Relaxed);
+        v
+    })?;
+    let seconds = t.elapsed().as_secs_f64();
+    let (cpu1, server1) = (cpu_seconds("self"), server_cpu_now());
+    peak.fetch_max(rss_bytes(), Ordering::Relaxed);
+    let r = StepResult {
+        seconds,
+        cpu_s: cpu1 - cpu0,
+        server_cpu_s: server1 - server0,
+        peak_rss_growth: peak.load(Ordering::Relaxed).saturating_sub(rss0),
+        count: count(&v),
+    };
+    drop(v);
+    Ok(r)
+}
+
+/// Runs one step here.
+fn run_step(
+    st: &dyn CheckpointStorage,
+    step: Step,
+    dir: &str,
+    files: &[String],
+) -> anyhow::Result<StepResult> {
+    match step {
+        Step::Restore => measure(
+            || restore(&st.uri(dir)),
+            |r| {
+                r.iter()
+                    .flat_map(|r| r.key_groups.iter())
+                    .map(|k| k.tables[0].entries.len() as u64)
+                    .sum()
+            },
+        ),
+        Step::Typed => measure(
+            || restore_typed(&st.uri(dir)),
+            |b| b.iter().map(|b| b.entries("state") as u64).sum(),
+        ),
+        Step::Plain => measure(|| plain_download(st, dir, files), |n| *n),
+        Step::Kept => measure(
+            || download_kept(st, dir, files),
+            |k| k.iter().map(|b| b.len() as u64).sum(),
+        ),
+        Step::Disk => {
+            let local =
+                std::env::temp_dir().join(format!("runnel-bench-s3-{:08x}", rand::random::<u32>()));
+            std::fs::create_dir_all(&local)?;
+            let r = measure(|| download_to_disk(st, dir, files, &local), |n| *n);
+            std::fs::remove_dir_all(&local)?;
+            r
+        }
+        Step::Touch => {
+            let mut bytes = 0;
+            for f in files {
+                bytes += st.size(&storage::join(dir, f))?;
+            }
+            measure(|| touch_fresh_memory(bytes), |_| 0)
+        }
+    }
+}
+
+/// Runs one step in a child process of this binary (see [`Step`]); the
+/// server's CPU is measured here, around the child.
+fn step_in_child(uri: &str, step: Step, dir: &str, files: &[String]) -> anyhow::Result<StepResult> {
+    let server0 = server_cpu_now();
+    let out = Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "s3",
+            "--uri",
+            uri,
+            "--step",
+            step.arg(),
+            "--step-dir",
+            dir,
+        ])
+        .arg("--step-files")
+        .arg(files.join(","))
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot start a bench step in a child process")?;
+    let server1 = server_cpu_now();
+    if !out.status.success() {
+        bail!("the {} step failed ({})", step.describe(), out.status);
+    }
+    let mut r: StepResult = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("the {} step printed no result", step.describe()))?;
+    r.server_cpu_s = server1 - server0;
+    Ok(r)
+}
+
+/// Resident set size of this process (`/proc/self/statm`), 0 where unknown.
+fn rss_bytes() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 fn one_round(
     st: &dyn CheckpointStorage,
-    uri_of: impl Fn(&str) -> String,
+    uri: &str,
+    in_process: bool,
     states: &[SubtaskState],
     total_entries: u64,
     round: u32,
@@ -618,75 +784,43 @@ fn one_round(
     let md = md.ok_or_else(|| anyhow::anyhow!("no checkpoint was written"))?;
     let file_bytes: u64 = md.operators[0].subtasks.iter().map(|s| s.size).sum();
     let plain_files: Vec<String> = st.list(&plain_dir)?;
-    let (mut plain_download_s, mut kept_download_s, mut restore_s) = (0.0, 0.0, 0.0);
-    let (mut plain_download_cpu, mut kept_download_cpu, mut restore_cpu) =
-        (Cpu::default(), Cpu::default(), Cpu::default());
-    let (mut disk_download_s, mut disk_download_cpu) = (0.0, Cpu::default());
-    let (mut typed_restore_s, mut typed_restore_cpu) = (0.0, Cpu::default());
-    // Downloads in a rotating order: round 0 restores first, round 1 starts
-    // with the plain download, round 2 with the kept one.
-    let mut order = [0u8, 1, 2, 3, 4];
-    order.rotate_left(round as usize % 5);
+    let ckpt_files: Vec<String> = md.operators[0]
+        .subtasks
+        .iter()
+        .map(|s| s.file.clone())
+        .collect();
+    let mut results: [StepResult; 6] = Default::default();
+    // Downloads in a rotating order, so that no step always runs first.
+    let mut order = Step::ALL;
+    order.rotate_left(round as usize % Step::ALL.len());
     for step in order {
-        if step == 0 {
-            // What a job does at start.
-            eprintln!("round {round}: restore...");
-            let (s, cpu, restored) = timed_cpu(|| restore(&uri_of(&dir)))?;
-            restore_s = s;
-            restore_cpu = cpu;
-            let restored: u64 = restored
-                .iter()
-                .flat_map(|r| r.key_groups.iter())
-                .map(|k| k.tables[0].entries.len() as u64)
-                .sum();
-            if restored != total_entries {
-                bail!("restored {restored} entries, expected {total_entries}");
-            }
-        } else if step == 4 {
-            eprintln!("round {round}: restore into typed state...");
-            let (s, cpu, backends) = timed_cpu(|| restore_typed(&uri_of(&dir)))?;
-            (typed_restore_s, typed_restore_cpu) = (s, cpu);
-            let n: u64 = backends.iter().map(|b| b.entries("state") as u64).sum();
-            if n != total_entries {
-                bail!("restored {n} typed entries, expected {total_entries}");
-            }
-        } else if step == 3 {
-            eprintln!("round {round}: plain download to local disk...");
-            let local = std::env::temp_dir().join(format!("runnel-bench-s3-{run_id}"));
-            std::fs::create_dir_all(&local)?;
-            let (s, cpu, got) =
-                timed_cpu(|| download_to_disk(st, &plain_dir, &plain_files, &local))?;
-            std::fs::remove_dir_all(&local)?;
-            (disk_download_s, disk_download_cpu) = (s, cpu);
-            if got != file_bytes {
-                bail!("download to disk wrote {got} bytes, expected {file_bytes}");
-            }
+        eprintln!("round {round}: {}...", step.describe());
+        let (d, f) = match step {
+            Step::Restore | Step::Typed => (&dir, &ckpt_files),
+            _ => (&plain_dir, &plain_files),
+        };
+        let r = if in_process {
+            run_step(st, step, d, f)?
         } else {
-            let keep = step == 2;
-            eprintln!(
-                "round {round}: plain download{}...",
-                if keep { ", kept in memory" } else { "" }
+            step_in_child(uri, step, d, f)?
+        };
+        let want = match step {
+            Step::Restore | Step::Typed => total_entries,
+            Step::Touch => 0,
+            _ => file_bytes,
+        };
+        if r.count != want {
+            bail!(
+                "{}: got {} (entries or bytes), expected {want}",
+                step.describe(),
+                r.count
             );
-            let (s, cpu, got) = if keep {
-                let (s, cpu, kept) = timed_cpu(|| download_kept(st, &plain_dir, &plain_files))?;
-                // Freed untimed, as the restore side's state is.
-                (s, cpu, kept.iter().map(|b| b.len() as u64).sum())
-            } else {
-                timed_cpu(|| plain_download(st, &plain_dir, &plain_files))?
-            };
-            if keep {
-                (kept_download_s, kept_download_cpu) = (s, cpu);
-            } else {
-                (plain_download_s, plain_download_cpu) = (s, cpu);
-            }
-            if got != file_bytes {
-                bail!("plain download returned {got} bytes, expected {file_bytes}");
-            }
         }
+        results[step as usize] = r;
     }
+    let [restore, typed, plain, kept, disk, touch] = results;
     st.delete_dir(&dir)?;
     st.delete_dir(&plain_dir)?;
-    let fresh_memory_s = touch_fresh_memory(file_bytes)?;
     Ok(Round {
         round,
         plain_first,
@@ -696,29 +830,30 @@ fn one_round(
         checkpoint_upload_s,
         checkpoint_upload_mib_s: mib_s(file_bytes, checkpoint_upload_s),
         upload_ratio: plain_upload_s / checkpoint_upload_s,
-        plain_download_s,
-        plain_download_mib_s: mib_s(file_bytes, plain_download_s),
-        kept_download_s,
-        kept_download_mib_s: mib_s(file_bytes, kept_download_s),
-        restore_s,
-        restore_mib_s: mib_s(file_bytes, restore_s),
-        restore_ratio: plain_download_s / restore_s,
-        restore_vs_kept_ratio: kept_download_s / restore_s,
-        plain_download_cpu,
-        kept_download_cpu,
-        restore_cpu,
-        disk_download_s,
-        disk_download_mib_s: mib_s(file_bytes, disk_download_s),
-        disk_download_cpu,
-        fresh_memory_s,
-        typed_restore_s,
-        typed_restore_mib_s: mib_s(file_bytes, typed_restore_s),
-        typed_restore_ratio: plain_download_s / typed_restore_s,
-        typed_restore_cpu,
+        plain_download_mib_s: mib_s(file_bytes, plain.seconds),
+        kept_download_mib_s: mib_s(file_bytes, kept.seconds),
+        restore_mib_s: mib_s(file_bytes, restore.seconds),
+        restore_ratio: plain.seconds / restore.seconds,
+        restore_vs_kept_ratio: kept.seconds / restore.seconds,
+        disk_download_mib_s: mib_s(file_bytes, disk.seconds),
+        typed_restore_mib_s: mib_s(file_bytes, typed.seconds),
+        typed_restore_ratio: plain.seconds / typed.seconds,
+        fresh_memory_s: touch.seconds,
+        plain_download: plain,
+        kept_download: kept,
+        disk_download: disk,
+        restore,
+        typed_restore: typed,
     })
 }
 
 pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
+    if let (Some(step), Some(uri), Some(dir)) = (args.step, &args.uri, &args.step_dir) {
+        let st = storage::open(uri)?;
+        let r = run_step(st.as_ref(), step, dir, &args.step_files)?;
+        println!("{}", serde_json::to_string(&r)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let (_server, uri) = match &args.uri {
         Some(u) => (None, u.clone()),
         None => {
@@ -749,7 +884,16 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
         })
         .collect::<anyhow::Result<_>>()?;
     let rounds = (0..args.rounds)
-        .map(|r| one_round(st.as_ref(), |d| st.uri(d), &states, total_entries, r))
+        .map(|r| {
+            one_round(
+                st.as_ref(),
+                &uri,
+                args.in_process,
+                &states,
+                total_entries,
+                r,
+            )
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let r = Report {
         uri: storage::split_last(&uri).0,
@@ -785,44 +929,51 @@ pub fn run(args: BenchS3Args) -> anyhow::Result<ExitCode> {
             x.checkpoint_upload_mib_s,
             100.0 * x.upload_ratio
         );
-        let cpu = |c: &Cpu| format!("cpu {:.2} s + server {:.2} s", c.bench_s, c.server_s);
-        println!(
-            "  plain download       {:9.2} {:9.1}              {}",
-            x.plain_download_s,
+        let line = |name: &str, r: &StepResult, mib_s: f64, ratio: Option<f64>| {
+            println!(
+                "  {name:<21}{:8.2} {:9.1}   {:>8}   cpu {:.2} s, server {:.2} s, memory +{}",
+                r.seconds,
+                mib_s,
+                ratio.map_or(String::new(), |x| format!("{:.1} %", 100.0 * x)),
+                r.cpu_s,
+                r.server_cpu_s,
+                human_bytes(r.peak_rss_growth)
+            )
+        };
+        line(
+            "plain download",
+            &x.plain_download,
             x.plain_download_mib_s,
-            cpu(&x.plain_download_cpu)
+            None,
         );
-        println!(
-            "  plain download, kept {:9.2} {:9.1}              {}",
-            x.kept_download_s,
+        line(
+            "download, kept",
+            &x.kept_download,
             x.kept_download_mib_s,
-            cpu(&x.kept_download_cpu)
+            Some(x.plain_download.seconds / x.kept_download.seconds),
         );
-        println!(
-            "  plain download, disk {:9.2} {:9.1}   {:6.1} %      {}",
-            x.disk_download_s,
+        line(
+            "download to disk",
+            &x.disk_download,
             x.disk_download_mib_s,
-            100.0 * x.plain_download_s / x.disk_download_s,
-            cpu(&x.disk_download_cpu)
+            Some(x.plain_download.seconds / x.disk_download.seconds),
         );
-        println!(
-            "  restore              {:9.2} {:9.1}   {:6.1} % ({:.1} % of kept)  {}",
-            x.restore_s,
+        line(
+            "restore",
+            &x.restore,
             x.restore_mib_s,
-            100.0 * x.restore_ratio,
-            100.0 * x.restore_vs_kept_ratio,
-            cpu(&x.restore_cpu)
+            Some(x.restore_ratio),
         );
-        println!(
-            "  restore, typed       {:9.2} {:9.1}   {:6.1} %      {}",
-            x.typed_restore_s,
+        line(
+            "restore, typed",
+            &x.typed_restore,
             x.typed_restore_mib_s,
-            100.0 * x.typed_restore_ratio,
-            cpu(&x.typed_restore_cpu)
+            Some(x.typed_restore_ratio),
         );
         println!(
-            "  fresh memory, touch  {:9.2}   (one write per 4 KiB page of as many bytes, alone)",
-            x.fresh_memory_s
+            "  fresh memory touched {:8.2}   (one write per 4 KiB page, as many bytes; restore is {:.1} % of kept)",
+            x.fresh_memory_s,
+            100.0 * x.restore_vs_kept_ratio
         );
     }
     Ok(ExitCode::SUCCESS)
