@@ -433,9 +433,11 @@ impl<K: Key> KeyedBackend<K> {
             let range = self.range;
             match Arc::try_unwrap(raw) {
                 // Each key group's bytes are freed as soon as they are
-                // decoded: the typed entries then reuse that memory instead of
-                // faulting in as much again, and the restore never holds the
-                // state twice (docs/benchmarks.md, issue 4).
+                // decoded, not after the whole state: the restore need not
+                // hold every state twice until registration ends. (The
+                // allocator reuses memory freed from the threads that
+                // decoded the files only lazily, so a 1 GiB restore still
+                // peaked at +1.7 GiB: docs/benchmarks.md, issue 4.)
                 Ok(groups) => {
                     for (kg, entries) in groups {
                         if range.contains(kg) {
