@@ -169,17 +169,6 @@ impl Step {
             Step::Touch => "touch of fresh memory",
         }
     }
-
-    fn arg(self) -> &'static str {
-        match self {
-            Step::Restore => "restore",
-            Step::Typed => "typed",
-            Step::Plain => "plain",
-            Step::Kept => "kept",
-            Step::Disk => "disk",
-            Step::Touch => "touch",
-        }
-    }
 }
 
 /// What one step measured.
@@ -384,62 +373,23 @@ fn plain_upload(
     Ok(())
 }
 
-/// Downloads the files and discards the bytes, as many files at once as a
-/// restore fetches ([`checkpoint::restore_concurrency`]). Returns the bytes read.
-fn plain_download(st: &dyn CheckpointStorage, dir: &str, files: &[String]) -> anyhow::Result<u64> {
-    let next = AtomicUsize::new(0);
-    let threads = checkpoint::restore_concurrency(files.len());
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<u64> {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut got = 0u64;
-                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let mut r = st.open(&storage::join(dir, f))?;
-                        loop {
-                            let n = r.read(&mut buf)?;
-                            if n == 0 {
-                                break;
-                            }
-                            got += n as u64;
-                        }
-                    }
-                    Ok(got)
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for w in workers {
-            total += w
-                .join()
-                .map_err(|_| anyhow::anyhow!("a download thread panicked"))??;
-        }
-        Ok(total)
-    })
-}
-
-/// Downloads the files like [`plain_download`], but reads each into its own
-/// buffer and keeps them all: the fresh memory that a restored state needs
-/// as well (what `get_object` + `collect` does).
-fn download_kept(
-    st: &dyn CheckpointStorage,
-    dir: &str,
+/// Runs `f` on every file, as many files at once as a restore fetches
+/// ([`checkpoint::restore_concurrency`]). Each thread hands `f` its own
+/// 256 KiB read buffer, reused from file to file.
+fn for_each_file<T: Send>(
     files: &[String],
-) -> anyhow::Result<Vec<Vec<u8>>> {
+    f: impl Fn(&str, &mut [u8]) -> anyhow::Result<T> + Sync,
+) -> anyhow::Result<Vec<T>> {
     let next = AtomicUsize::new(0);
     let threads = checkpoint::restore_concurrency(files.len());
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
-                scope.spawn(|| -> anyhow::Result<Vec<Vec<u8>>> {
+                scope.spawn(|| -> anyhow::Result<Vec<T>> {
+                    let mut buf = vec![0u8; 256 * 1024];
                     let mut out = Vec::new();
-                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let path = storage::join(dir, f);
-                        let size = st.size(&path)?;
-                        let mut buf = Vec::with_capacity(usize::try_from(size)?);
-                        st.open(&path)?.read_to_end(&mut buf)?;
-                        out.push(buf);
+                    while let Some(file) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
+                        out.push(f(file, &mut buf)?);
                     }
                     Ok(out)
                 })
@@ -456,6 +406,49 @@ fn download_kept(
     })
 }
 
+/// Reads `r` to its end through `buf`, handing each read to `sink`.
+/// Returns the bytes read.
+fn stream(
+    mut r: impl Read,
+    buf: &mut [u8],
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> anyhow::Result<u64> {
+    let mut got = 0u64;
+    loop {
+        let n = r.read(buf)?;
+        if n == 0 {
+            return Ok(got);
+        }
+        sink(&buf[..n])?;
+        got += n as u64;
+    }
+}
+
+/// Downloads the files and discards the bytes, as many files at once as a
+/// restore fetches. Returns the bytes read.
+fn plain_download(st: &dyn CheckpointStorage, dir: &str, files: &[String]) -> anyhow::Result<u64> {
+    let got = for_each_file(files, |f, buf| {
+        stream(st.open(&storage::join(dir, f))?, buf, |_| Ok(()))
+    })?;
+    Ok(got.iter().sum())
+}
+
+/// Downloads the files like [`plain_download`], but reads each into its own
+/// buffer and keeps them all: the fresh memory that a restored state needs
+/// as well (what `get_object` + `collect` does).
+fn download_kept(
+    st: &dyn CheckpointStorage,
+    dir: &str,
+    files: &[String],
+) -> anyhow::Result<Vec<Vec<u8>>> {
+    for_each_file(files, |f, _| {
+        let path = storage::join(dir, f);
+        let mut buf = Vec::with_capacity(usize::try_from(st.size(&path)?)?);
+        st.open(&path)?.read_to_end(&mut buf)?;
+        Ok(buf)
+    })
+}
+
 /// Downloads the files like [`plain_download`] into files in `local`: what a
 /// restore that keeps state on local disk (as Flink's RocksDB backend does)
 /// must do at least. The bytes go to the page cache, not to fresh process
@@ -466,38 +459,11 @@ fn download_to_disk(
     files: &[String],
     local: &std::path::Path,
 ) -> anyhow::Result<u64> {
-    let next = AtomicUsize::new(0);
-    let threads = checkpoint::restore_concurrency(files.len());
-    std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| -> anyhow::Result<u64> {
-                    let mut buf = vec![0u8; 256 * 1024];
-                    let mut got = 0u64;
-                    while let Some(f) = files.get(next.fetch_add(1, Ordering::Relaxed)) {
-                        let mut r = st.open(&storage::join(dir, f))?;
-                        let mut out = std::fs::File::create(local.join(f))?;
-                        loop {
-                            let n = r.read(&mut buf)?;
-                            if n == 0 {
-                                break;
-                            }
-                            out.write_all(&buf[..n])?;
-                            got += n as u64;
-                        }
-                    }
-                    Ok(got)
-                })
-            })
-            .collect();
-        let mut total = 0;
-        for w in workers {
-            total += w
-                .join()
-                .map_err(|_| anyhow::anyhow!("a download thread panicked"))??;
-        }
-        Ok(total)
-    })
+    let got = for_each_file(files, |f, buf| {
+        let mut out = std::fs::File::create(local.join(f))?;
+        stream(st.open(&storage::join(dir, f))?, buf, |b| out.write_all(b))
+    })?;
+    Ok(got.iter().sum())
 }
 
 /// Writes one byte to every 4 KiB page of `bytes` of fresh memory: the
@@ -700,16 +666,13 @@ fn run_step(
 fn step_in_child(uri: &str, step: Step, dir: &str, files: &[String]) -> anyhow::Result<StepResult> {
     let server0 = server_cpu_now();
     let out = Command::new(std::env::current_exe()?)
-        .args([
-            "bench",
-            "s3",
-            "--uri",
-            uri,
-            "--step",
-            step.arg(),
-            "--step-dir",
-            dir,
-        ])
+        .args(["bench", "s3", "--uri", uri, "--step-dir", dir, "--step"])
+        // The name clap parses it from, not a second copy of it.
+        .arg(
+            clap::ValueEnum::to_possible_value(&step)
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default(),
+        )
         .arg("--step-files")
         .arg(files.join(","))
         .stdin(Stdio::null())
